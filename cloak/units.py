@@ -1,0 +1,59 @@
+"""The one place where units and value ranges change.
+
+Public tensors are float ``(B, 3, H, W)`` in ``[0, 1]``. Users give L-inf budgets in 0-255 units (``8`` means
+8/255 on the saved 8-bit file); they become floats here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cloak.errors import ConfigError
+
+# CLIP's image normalisation (OpenAI CLIP and open_clip's OpenAI-pretrained models).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def eps_to_unit(eps: float, name: str = "eps") -> float:
+    """Convert an L-inf budget from 0-255 units to [0, 1] units, validating it.
+
+    Args:
+        eps: budget in 0-255 units, in (0, 255].
+        name: the parameter's name, for the error message.
+
+    Returns:
+        ``eps / 255``.
+    """
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise ConfigError(f"`{name}` must be a number in (0, 255] (0-255 units), got {eps!r}.")
+    if not 0 < eps <= 255:
+        raise ConfigError(f"`{name}` must be in (0, 255] (0-255 units), got {eps}.")
+    if eps < 1:
+        raise ConfigError(
+            f"`{name}` must be in (0, 255] (0-255 units) and at least 1 to change an 8-bit file, got {eps}. "
+            f"Did you mean {round(eps * 255)} for {round(eps * 255)}/255?"
+        )
+    return float(eps) / 255.0
+
+
+def to_vae(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] image -> the VAE's [-1, 1] input."""
+    return x * 2.0 - 1.0
+
+
+def from_vae(x: torch.Tensor) -> torch.Tensor:
+    """The VAE decoder's [-1, 1] output -> [0, 1] image (clamped)."""
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def to_clip(x: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """[0, 1] image -> CLIP's normalised input (resizing is the caller's job)."""
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def to_lpips(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] image -> LPIPS' [-1, 1] input."""
+    return x * 2.0 - 1.0
