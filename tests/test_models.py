@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from cloak.clip_tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer
 
@@ -54,3 +55,16 @@ def test_clip_tokenizer_without_save_dir_is_self_contained():
     tokenizer = build_clip_tokenizer(model_max_length=16)
     assert tokenizer.model_max_length == 16
     assert tokenizer("photo of sks dog").input_ids == [49406, 1125, 539, 48136, 1929, 49407]
+
+
+def test_tiny_fixtures_are_real_sd_components(tiny_components, tiny_model_dir):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir)
+    assert pipe.vae_scale_factor == 2 and tiny_components.resolution == 32
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.tokenizer("photo of sks dog").input_ids == [49406, 1125, 539, 48136, 1929, 49407]
+    for name in ("vae", "unet", "text_encoder"):
+        loaded, built = getattr(pipe, name).state_dict(), getattr(tiny_components, name).state_dict()
+        assert all(torch.equal(loaded[key], built[key]) for key in built)
+    assert sum(p.numel() for p in tiny_components.unet.parameters()) < 100_000
