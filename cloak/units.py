@@ -57,3 +57,24 @@ def to_clip(x: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
 def to_lpips(x: torch.Tensor) -> torch.Tensor:
     """[0, 1] image -> LPIPS' [-1, 1] input."""
     return x * 2.0 - 1.0
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent cell of a diffusers ``AutoencoderKL`` (8 for SD-1.x)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def vae_latents(vae, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Encode a [0, 1] image to the diffusion model's latent space (scaled as the UNet sees it).
+
+    Args:
+        vae: a diffusers ``AutoencoderKL``.
+        x: (B, 3, H, W) in [0, 1]; H and W multiples of the VAE scale factor.
+        generator: draw ``z ~ q(z|x)`` with it, as training does; ``None`` takes the posterior mean.
+
+    Returns:
+        (B, C, H/f, W/f) latents times ``vae.config.scaling_factor``.
+    """
+    dist = vae.encode(to_vae(x)).latent_dist
+    z = dist.mean if generator is None else dist.sample(generator=generator)
+    return z * vae.config.scaling_factor

@@ -1,0 +1,50 @@
+"""``encoder``: targeted attack on the VAE encoder (PhotoGuard encoder attack; Mist's textural loss).
+
+Salman et al., "Raising the Cost of Malicious AI-Powered Image Editing", ICML'23, https://arxiv.org/abs/2302.06588;
+Liang et al., "Adversarial Example Does Good" (Mist), ICML'23, https://arxiv.org/abs/2302.04578.
+
+Targets the VAE encoder E only. Objective (minimised): ``|| E(x + delta) - E(x_T) ||_2^2`` (mean over latent
+elements), where ``x_T`` is a target pattern rendered at the view's size. Every latent diffusion fine-tune trains on
+``E(x)``, so a mimic trained on cloaked images learns the target's texture. Budget: the shared L-inf budget
+(PhotoGuard's notebook uses about 7.7/255; Mist v1 16/255).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from cloak.methods.base import Objective
+from cloak.targets import target_image
+from cloak.units import vae_latents
+
+if TYPE_CHECKING:
+    from cloak.models import Components
+
+
+class EncoderAttack(Objective):
+    """Pull the VAE latent of the artwork toward the latent of a target pattern.
+
+    Args:
+        components: needs ``vae``.
+        target: a built-in pattern name (``cloak.targets.PATTERNS``) or an image path. Default ``"stripes"``.
+        period: pattern period in px at the model's resolution (default 16: two latent cells of SD's VAE).
+    """
+
+    name: ClassVar[str] = "encoder"
+    summary: ClassVar[str] = "PhotoGuard / Mist textural: pull the VAE latent toward a target pattern's latent"
+    needs: ClassVar[frozenset[str]] = frozenset({"vae"})
+
+    def __init__(self, components: Components, target: str = "stripes", period: int = 16) -> None:
+        super().__init__(components)
+        self.target_name = target
+        self.period = period
+
+    def target(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        pattern = target_image(self.target_name, x.shape[-2], x.shape[-1], period=self.period)
+        return vae_latents(self.components.vae, pattern.to(x.device, x.dtype)).detach()
+
+    def loss(self, x_adv: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return F.mse_loss(vae_latents(self.components.vae, x_adv).float(), target.float())

@@ -1,0 +1,104 @@
+"""The shared machinery: view planning, the PGD loop, budget quantisation, metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cloak import metrics
+from cloak.errors import ConfigError
+from cloak.optim import PGDConfig, pgd
+from cloak.protect import quantise
+from cloak.units import eps_to_unit
+from cloak.views import plan_views, render_view
+
+
+def test_small_image_is_one_native_view():
+    (view,) = plan_views(40, 64, resolution=512, multiple=8)
+    assert view.size == (40, 64) and view.box == (0, 0, 40, 64)
+
+
+def test_large_image_is_resized_like_the_mimics_loader():
+    # 4000x3000 landscape: the short side becomes the model's 512 px, aspect kept (to a multiple of 8).
+    (view,) = plan_views(3000, 4000, resolution=512, multiple=8)
+    assert view.size == (512, 688)
+
+
+@pytest.mark.parametrize("shape", [(512, 4096), (3000, 100), (2000, 300)])
+def test_tiles_cover_everything_and_bound_memory(shape):
+    views = plan_views(*shape, resolution=256, multiple=8, max_side=300)
+    h, w = views[0].size
+    covered = np.zeros((h, w), bool)
+    for v in views:
+        top, left, th, tw = v.box
+        assert th <= 300 and tw <= 300
+        assert top + th <= h and left + tw <= w
+        covered[top : top + th, left : left + tw] = True
+    assert covered.all()
+    assert len(views) > 1
+
+
+def test_render_view_is_differentiable_and_sized():
+    x = torch.rand(1, 3, 100, 60, requires_grad=True)
+    (v,) = plan_views(100, 60, resolution=32, multiple=8)
+    y = render_view(x, v)
+    assert y.shape[-2:] == v.size
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_eps_errors_say_what_was_meant():
+    with pytest.raises(ConfigError, match=r"Did you mean 8 for 8/255"):
+        eps_to_unit(0.03)
+    with pytest.raises(ConfigError, match=r"\(0, 255\]"):
+        eps_to_unit(300)
+    with pytest.raises(ConfigError, match="positive integer"):
+        PGDConfig(steps=0)
+
+
+def test_pgd_minimises_within_the_budget():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 8, 8, generator=g)
+    target = (x + 0.5).clamp(0, 1)
+
+    def closure(x_adv):
+        loss = ((x_adv - target) ** 2).mean()
+        loss.backward()
+        return float(loss.detach())
+
+    res = pgd(closure, x, PGDConfig(eps=8, steps=20), torch.Generator().manual_seed(1))
+    assert res.losses[-1] < res.losses[0]
+    assert res.delta.abs().max() <= 8 / 255 + 1e-7
+    assert ((x + res.delta) >= 0).all() and ((x + res.delta) <= 1).all()
+    # Moving toward a brighter target: the perturbation saturates upward wherever there is room.
+    assert (res.delta > 0).float().mean() > 0.9
+
+
+def test_step_schedule_decays():
+    cfg = PGDConfig(eps=8, steps=10)
+    sizes = [cfg.step_at(i) for i in range(10)]
+    assert sizes == sorted(sizes, reverse=True)
+    assert math.isclose(sizes[-1], sizes[0] * 0.1)
+
+
+def test_quantise_enforces_integer_budget_on_8bit_pixels():
+    rgb = np.array([[[0, 128, 255]]], dtype=np.uint8)
+    delta = torch.tensor([0.9, 0.9, 0.9]).view(1, 3, 1, 1) * (7.6 / 255)
+    image, d = quantise(rgb, delta, eps=7.6)
+    assert np.abs(d).max() <= 7  # floor(7.6): 7.6/255 would round to 8 on the file
+    assert image.tolist() == [[[7, 135, 255]]]
+
+
+def test_metrics_known_values():
+    a = np.zeros((16, 16, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 255
+    assert metrics.linf(a, b) == 255
+    assert math.isclose(metrics.psnr(a, b), 10 * math.log10(255**2 / (255**2 / (16 * 16 * 3))))
+    assert metrics.psnr(a, a) == math.inf
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
+    noisy = np.clip(a.astype(int) + np.random.default_rng(0).integers(0, 60, a.shape), 0, 255).astype(np.uint8)
+    assert metrics.ssim(a, noisy) < 0.9
