@@ -1,0 +1,433 @@
+"""Artworks as artists have them: load any size, mode and orientation; save atomically with metadata kept.
+
+Loading gives upright 8-bit RGB pixels (EXIF orientation applied), the alpha channel untouched, and the ICC
+profile and EXIF block to write back, so that the cloaked file differs from the original only by the cloak.
+Inputs we cannot convert without changing how the picture looks (CMYK, animations, 32-bit or float pixels)
+are refused with a message that names the file and says what to do.
+
+What is handled, and how:
+
+- PNG, JPEG, WebP, BMP, TIFF and single-frame GIF files of any width x height up to `MAX_PIXELS`.
+- RGB and RGBA as they are; greyscale (L, LA) kept greyscale (``grey=True``); 1-bit black-and-white handled
+  as 8-bit greyscale, with a note; palette images (P, PA) converted to RGB or RGBA with their transparency,
+  with a note; a transparent colour key (PNG ``tRNS``) becomes an alpha channel, with a note.
+- 16-bit PNG/TIFF (grey, grey+alpha, RGB, RGBA) reduced to 8 bits, with a note.
+- Multi-picture JPEG (MPO, as some phones write): the main picture is used, with a note.
+
+Tensor helpers convert between the ``(H, W, 3)`` uint8 arrays used here and the project's public image
+tensors, float ``(1, 3, H, W)`` in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+from cloak.errors import ConfigError, ImageError
+
+SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+# Largest image accepted, in pixels (width * height): 8192 x 4096, twice a 4096 x 4096 canvas. The cloak works
+# on overlapping tiles so its memory is bounded, but the full-size float copies of the image are not.
+MAX_PIXELS: int = 8192 * 4096
+
+# Pillow's format names for the suffixes above ("MPO" is a JPEG holding extra pictures).
+_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "TIFF", "GIF"})
+
+# What Pillow raises on damaged files besides OSError: SyntaxError ("broken PNG file"), EOFError,
+# struct.error and TypeError ("Missing dimensions") from malformed TIFF headers.
+_DECODE_ERRORS = (OSError, SyntaxError, EOFError, struct.error, TypeError)
+
+# EXIF Orientation (tag 274) -> the transpose that makes the stored pixels upright. The same mapping as
+# Pillow's ImageOps.exif_transpose; meaning of each value: EXIF 2.32 (CIPA DC-008) section 4.6.4, tag 0x0112.
+_ORIENTATION_FIX: dict[int, tuple[Image.Transpose, str]] = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT, "mirrored left-right"),
+    3: (Image.Transpose.ROTATE_180, "turned 180 degrees"),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM, "mirrored top-bottom"),
+    5: (Image.Transpose.TRANSPOSE, "mirrored across the main diagonal"),
+    6: (Image.Transpose.ROTATE_270, "turned 90 degrees clockwise"),
+    7: (Image.Transpose.TRANSVERSE, "mirrored across the anti-diagonal"),
+    8: (Image.Transpose.ROTATE_90, "turned 90 degrees counter-clockwise"),
+}
+
+_SAVE_FORMATS = ("png", "jpeg", "webp")
+
+
+@dataclass(frozen=True)
+class Artwork:
+    """One loaded artwork: upright 8-bit pixels plus everything needed to write it back faithfully.
+
+    Attributes:
+        path: the file it was read from.
+        rgb: ``(H, W, 3)`` uint8 pixels, EXIF orientation already applied. For greyscale artworks the three
+            channels are equal.
+        alpha: ``(H, W)`` uint8 alpha channel (255 = opaque), or None; `save_artwork` writes it back unchanged.
+        grey: the input was greyscale (1-bit, L, LA, 16-bit grey); the output is saved greyscale.
+        icc_profile: the embedded ICC colour profile, or None; written back unchanged.
+        exif: the EXIF block to write back, or None. Orientation is 1 (the pixels are already upright) and the
+            GPS location is absent when loaded with ``strip_gps=True``.
+        source_format: Pillow's format name of the input, e.g. ``"PNG"``, ``"JPEG"``.
+        notes: human-readable notes about conversions made while loading, e.g. 16-bit reduced to 8-bit.
+    """
+
+    path: Path
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    grey: bool
+    icc_profile: bytes | None
+    exif: bytes | None
+    source_format: str
+    notes: tuple[str, ...]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` in pixels, upright."""
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
+    """Read an image file as the artist sees it: upright, 8-bit, alpha and colour profile kept.
+
+    Truncated or corrupt files are refused, never padded: this relies on Pillow's default
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = False``.
+
+    Args:
+        path: the image file (PNG, JPEG, WebP, BMP, TIFF or single-frame GIF), at most `MAX_PIXELS` pixels.
+        strip_gps: remove the GPS location from the EXIF block that will be written back. Default False.
+
+    Returns:
+        The `Artwork`; ``rgb`` is ``(H, W, 3)`` uint8 in 0-255, ``alpha`` ``(H, W)`` uint8 or None.
+
+    Raises:
+        ImageError: the file is missing, unreadable, corrupt or truncated, of an unsupported format or pixel
+            mode (CMYK among them), animated, or larger than `MAX_PIXELS`. The message names the file.
+    """
+    path = Path(path)
+    notes: list[str] = []
+    try:
+        with Image.open(path) as im:
+            _check_container(path, im, notes)
+            source_format = im.format
+            rawmode = _raw_mode(im)
+            im.load()
+            exif = im.getexif()
+            icc_profile = im.info.get("icc_profile") or None
+            raw_exif = im.info.get("exif")
+    except FileNotFoundError as e:
+        raise ImageError(f"{path}: file not found.") from e
+    except PermissionError as e:
+        raise ImageError(f"{path}: permission denied; cannot read the file.") from e
+    except IsADirectoryError as e:
+        raise ImageError(f"{path}: is a folder, not an image file.") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(
+            f"{path}: not an image file Pillow can read (unknown format or corrupt header); "
+            f"supported: {_suffix_list()}."
+        ) from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: image too large ({e}); the limit here is {_limit_text()}.") from e
+    except _DECODE_ERRORS as e:
+        raise ImageError(f"{path}: the file is corrupt or truncated ({e}). Re-export it from your editor.") from e
+
+    orientation = exif.get(ExifTags.Base.Orientation)
+    if orientation in _ORIENTATION_FIX:
+        method, what = _ORIENTATION_FIX[orientation]
+        im = im.transpose(method)
+        notes.append(f"EXIF orientation {orientation} applied: the pixels were {what} to stand upright")
+    elif orientation not in (None, 1):
+        notes.append(f"EXIF orientation {orientation!r} is not a valid value (1-8); the pixels are used as stored")
+
+    rgb, alpha, grey = _to_arrays(path, im, rawmode, notes)
+    exif_bytes = _exif_to_keep(exif, raw_exif, source_format, strip_gps, notes)
+    return Artwork(
+        path=path,
+        rgb=rgb,
+        alpha=alpha,
+        grey=grey,
+        icc_profile=icc_profile,
+        exif=exif_bytes,
+        source_format=source_format,
+        notes=tuple(notes),
+    )
+
+
+def save_artwork(
+    path: str | Path, rgb: np.ndarray, artwork: Artwork, *, format: str = "png", quality: int = 95
+) -> None:
+    """Write pixels back with the artwork's alpha, greyscale-ness, ICC profile and EXIF, atomically.
+
+    Lossy formats change the pixels after the cloak was computed and weaken it; PNG keeps every pixel.
+    JPEG is written with 4:4:4 chroma (no subsampling), which keeps more of the cloak than Pillow's 4:2:0
+    default. A greyscale artwork saved as WebP (which has no greyscale mode) is written as RGB without a
+    greyscale-only ICC profile, which an RGB file cannot carry.
+
+    Args:
+        path: the output file; written through a temporary file in the same folder, then renamed.
+        rgb: ``(H, W, 3)`` uint8 pixels in 0-255 of the artwork's upright size; for greyscale artworks the
+            three channels must be equal.
+        artwork: the `Artwork` the pixels belong to (alpha, ICC profile, EXIF and ``grey`` come from it).
+        format: ``"png"`` (default, lossless), ``"jpeg"`` or ``"webp"`` (lossy).
+        quality: 1-100, for JPEG and WebP only. Default 95.
+
+    Raises:
+        ConfigError: wrong shape, dtype or format, unequal channels for a greyscale artwork, alpha with JPEG.
+        OSError: the file cannot be written (the old file at ``path``, if any, is left as it was).
+    """
+    if format not in _SAVE_FORMATS:
+        raise ConfigError(f"`format` must be one of {', '.join(_SAVE_FORMATS)}, got {format!r}.")
+    if format != "png" and (isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100):
+        raise ConfigError(f"`quality` must be an integer in [1, 100] for {format}, got {quality!r}.")
+    _check_rgb(rgb, f"pixels for {artwork.path.name}")
+    width, height = artwork.size
+    if rgb.shape != (height, width, 3):
+        raise ConfigError(
+            f"pixels for {artwork.path.name} must match its size {width}x{height} (width x height), got "
+            f"{rgb.shape[1]}x{rgb.shape[0]} (array shape {rgb.shape})."
+        )
+    if artwork.alpha is not None and format == "jpeg":
+        raise ConfigError(
+            f"{artwork.path.name} has an alpha channel (transparency) and JPEG cannot store one; "
+            "save as png (lossless) or webp."
+        )
+
+    icc_profile = artwork.icc_profile
+    if artwork.grey:
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise ConfigError(
+                f"{artwork.path.name} is greyscale and is saved greyscale, but the three channels of the "
+                "pixels differ; make the cloak greyscale (equal channels)."
+            )
+        # WebP has no greyscale mode: grey goes out as RGB with equal channels.
+        base = rgb if format == "webp" else rgb[..., :1]
+        # An ICC profile's data colour space is bytes 16-20 of its header (ICC.1:2022, section 7.2.6).
+        if format == "webp" and icc_profile is not None and icc_profile[16:20] == b"GRAY":
+            icc_profile = None
+    else:
+        base = rgb
+    pixels = base if artwork.alpha is None else np.concatenate([base, artwork.alpha[..., None]], axis=2)
+    # (H, W, C) -> Pillow's L (C=1), LA (2), RGB (3) or RGBA (4)
+    image = Image.fromarray(np.ascontiguousarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels))
+
+    options: dict[str, Any] = {}
+    if icc_profile is not None:
+        options["icc_profile"] = icc_profile
+    if artwork.exif is not None:
+        options["exif"] = artwork.exif
+    if format == "jpeg":
+        options.update(quality=quality, subsampling=0)
+    elif format == "webp":
+        options.update(quality=quality, exact=True)  # exact: keep colours under transparent pixels
+    buffer = io.BytesIO()
+    image.save(buffer, format=format.upper(), **options)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the complete new one.
+
+    The bytes go to a temporary file ``.<name>.<random>.tmp`` in the same folder, are flushed to disk, and
+    the temporary file is renamed over ``path`` (``os.replace``, atomic on POSIX and Windows). If anything
+    fails the temporary file is removed and the error propagates. A symbolic link at ``path`` is replaced
+    by the file, never written through.
+
+    Args:
+        path: destination file; its folder must exist.
+        data: the complete file contents.
+
+    Raises:
+        OSError: the folder is missing or not writable, the disk is full, ...
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (2-space indent, sorted keys, UTF-8, trailing newline), atomically.
+
+    Args:
+        path: destination file; its folder must exist.
+        obj: JSON-serialisable data. NaN and infinity are refused: strict JSON (and browsers) cannot read them.
+
+    Raises:
+        ConfigError: ``obj`` holds NaN or infinity.
+        TypeError: ``obj`` holds something JSON cannot represent.
+        OSError: as `atomic_write_bytes`.
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except ValueError as e:
+        raise ConfigError(f"cannot write {Path(path).name}: {e}; store None instead of NaN or infinity.") from e
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 pixels in 0-255 -> float32 ``(1, 3, H, W)`` tensor in ``[0, 1]`` on the CPU.
+
+    Raises:
+        ConfigError: not a ``(H, W, 3)`` uint8 array.
+    """
+    _check_rgb(rgb, "`rgb`")
+    return torch.tensor(rgb).permute(2, 0, 1).unsqueeze(0).to(torch.float32).div(255.0).contiguous()
+
+
+def from_tensor(x: torch.Tensor) -> np.ndarray:
+    """float ``(1, 3, H, W)`` tensor in ``[0, 1]`` (any device) -> ``(H, W, 3)`` uint8 pixels, rounded and clamped.
+
+    Raises:
+        ConfigError: not a ``(1, 3, H, W)`` floating-point tensor, or it holds NaN or infinity.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[:2] != (1, 3) or not x.is_floating_point():
+        got = f"shape {tuple(x.shape)} and dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ConfigError(f"`x` must be a floating-point tensor of shape (1, 3, H, W) in [0, 1], got {got}.")
+    x = x.detach().to("cpu", torch.float32)
+    if not torch.isfinite(x).all():
+        raise ConfigError("`x` holds NaN or infinity; expected values in [0, 1].")
+    return x[0].clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def _check_rgb(rgb: np.ndarray, what: str) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        got = f"dtype {rgb.dtype} and shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise ConfigError(f"{what} must be a uint8 array of shape (H, W, 3) in 0-255, got {got}.")
+
+
+def _suffix_list() -> str:
+    return ", ".join(sorted(SUPPORTED_SUFFIXES))
+
+
+def _limit_text() -> str:
+    return f"{MAX_PIXELS:,} pixels (for example 8192x4096)"
+
+
+def _check_container(path: Path, im: Image.Image, notes: list[str]) -> None:
+    """Refuse unsupported formats, oversized images and animations before decoding any pixels."""
+    if im.format not in _FORMATS:
+        raise ImageError(
+            f"{path}: {im.format} files are not supported; supported: {_suffix_list()}. "
+            "Export it as PNG from your editor."
+        )
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{path}: image too large: {width}x{height} = {width * height:,} pixels; the limit is {_limit_text()}. "
+            "Downscale it in your editor first."
+        )
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        if im.format == "MPO":
+            notes.append(f"the file holds {frames} pictures (MPO); only the first (main) picture is used")
+        else:
+            raise ImageError(
+                f"{path}: animated or multi-page image ({frames} frames); only single still images can be "
+                "cloaked. Export the frame you want as PNG."
+            )
+    if im.mode == "CMYK":
+        raise ImageError(
+            f"{path}: CMYK image (print colours). Converting it here would change its colours; convert it to "
+            "RGB in your editor (with your colour profile) and export as PNG."
+        )
+
+
+def _raw_mode(im: Image.Image) -> str:
+    """The raw (stored) pixel layout, e.g. ``"RGB;16B"``; call before `load`, which clears the tile list.
+
+    Pillow opens 16-bit RGB(A) PNGs as 8-bit RGB/RGBA images and 16-bit grey+alpha PNGs as RGBA with equal
+    colour channels; only the raw mode tells them apart.
+    """
+    args = im.tile[0].args if im.tile else None
+    if isinstance(args, tuple) and args:
+        args = args[0]
+    return args if isinstance(args, str) else ""
+
+
+def _to_arrays(
+    path: Path, im: Image.Image, rawmode: str, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """Convert a loaded, upright Pillow image to ``(rgb, alpha, grey)`` uint8 arrays."""
+    mode = im.mode
+    keyed = "transparency" in im.info  # a transparent colour key or palette transparency (PNG tRNS, GIF)
+    if mode.startswith("I;16") or ";16" in rawmode:
+        notes.append("16-bit input reduced to 8 bits per channel; the output is saved as 8-bit")
+    if mode == "1":
+        notes.append("1-bit black-and-white image handled as 8-bit greyscale; the output is saved as 8-bit grey")
+        im, mode = im.convert("L"), "L"
+    if mode in ("P", "PA"):
+        target = "RGBA" if keyed or mode == "PA" else "RGB"
+        notes.append(f"palette (indexed-colour) image converted to {target}; the output is saved as {target}")
+        return _split(np.array(im.convert(target)), grey=False)
+    if mode.startswith("I;16"):
+        values = np.array(im, dtype=np.uint32)
+        # round(v * 255 / 65535): the nearest 8-bit value
+        grey8 = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        alpha = None
+        if keyed:
+            notes.append("transparent grey level (PNG tRNS) converted to an alpha channel")
+            alpha = np.where(values == im.info["transparency"], 0, 255).astype(np.uint8)
+        return np.repeat(grey8[..., None], 3, axis=2), alpha, True
+    if mode in ("L", "RGB") and keyed:
+        target = "LA" if mode == "L" else "RGBA"
+        notes.append(f"transparent colour key (PNG tRNS) converted to an alpha channel; saved as {target}")
+        im, mode = im.convert(target), target
+    if mode in ("L", "LA"):
+        pixels = np.array(im)
+        grey8 = pixels if mode == "L" else pixels[..., 0]
+        alpha = None if mode == "L" else np.ascontiguousarray(pixels[..., 1])
+        return np.repeat(grey8[..., None], 3, axis=2), alpha, True
+    if mode == "RGBA" and rawmode.startswith("LA;16"):
+        pixels = np.array(im)
+        return np.repeat(pixels[..., :1], 3, axis=2), np.ascontiguousarray(pixels[..., 3]), True
+    if mode in ("RGB", "RGBA"):
+        return _split(np.array(im), grey=False)
+    raise ImageError(
+        f"{path}: unsupported pixel mode {mode!r}; supported: 8- or 16-bit RGB, RGBA, greyscale, "
+        "greyscale+alpha, 1-bit and palette. Export it as 8-bit RGB PNG from your editor."
+    )
+
+
+def _split(pixels: np.ndarray, grey: bool) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    if pixels.shape[2] == 4:
+        return np.ascontiguousarray(pixels[..., :3]), np.ascontiguousarray(pixels[..., 3]), grey
+    return pixels, None, grey
+
+
+def _exif_to_keep(
+    exif: Image.Exif, raw: bytes | None, source_format: str, strip_gps: bool, notes: list[str]
+) -> bytes | None:
+    """The EXIF block to write back: orientation reset to 1, GPS removed on request, else the original bytes.
+
+    TIFF files keep their tags in the file structure, not in an EXIF block; none is carried over from them.
+    """
+    if source_format == "TIFF" or len(exif) == 0:
+        return None
+    changed = False
+    if exif.get(ExifTags.Base.Orientation, 1) != 1:
+        exif[ExifTags.Base.Orientation] = 1
+        changed = True
+    # Delete before any get_ifd(GPSInfo): a loaded sub-IFD would be written back by Exif.tobytes.
+    if strip_gps and ExifTags.IFD.GPSInfo in exif:
+        del exif[ExifTags.IFD.GPSInfo]
+        notes.append("GPS location removed from the EXIF data")
+        changed = True
+    if raw is not None and not changed:
+        return raw
+    return exif.tobytes()
