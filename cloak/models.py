@@ -222,16 +222,16 @@ def _load_from_diffusers(
     from diffusers import AutoencoderKL
 
     loaded = {part: _load_part(part, source, local_files_only, dtype) for part in parts}
-    vae_config = dict(loaded["vae"].config) if "vae" in loaded else None
-    if vae_config is None:
-        vae_config = AutoencoderKL.load_config(source, subfolder="vae", local_files_only=local_files_only)
-    return loaded, vae_config
+    if "vae" in loaded:
+        return loaded, dict(loaded["vae"].config)
+    return loaded, AutoencoderKL.load_config(source, subfolder="vae", local_files_only=local_files_only)
 
 
 def _load_single_file(model: str, path: str, parts: tuple[str, ...], dtype: torch.dtype) -> tuple[dict, dict]:
     """Load a single-file SD checkpoint via diffusers; it needs the base model's configs (cache or hub)."""
     from diffusers import StableDiffusionPipeline
 
+    # Probe first: when the configs are not cached, diffusers tries the hub even with local_files_only=True.
     reason = hub_unreachable_reason()
     try:
         pipe = StableDiffusionPipeline.from_single_file(path, local_files_only=reason is not None, torch_dtype=dtype)
