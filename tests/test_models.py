@@ -242,6 +242,15 @@ def test_resolve_device_unavailable_cuda():
         models.resolve_device("cuda")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_load_components_on_cuda(tiny_model_dir):
+    components = models.load_components(str(tiny_model_dir), ["vae", "unet"], device="cuda", dtype=torch.float16)
+    assert components.device.type == "cuda"
+    for network in (components.vae, components.unet):
+        assert {(p.device.type, p.dtype) for p in network.parameters()} == {("cuda", torch.float16)}
+
+
 # --- open_clip and lpips ----------------------------------------------------------------------------------------
 
 
