@@ -1,0 +1,188 @@
+"""The ``cloak`` command line: a thin typer layer over the library.
+
+Heavy imports (torch, diffusers) happen inside the commands, so ``cloak --help`` is instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from cloak import __version__
+from cloak.testbed.cli import app as testbed_app
+
+# Kept as a literal (not imported from cloak.models) so that `cloak --help` does not import torch.
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+PRESET_NAMES = ("fast", "default", "strong")
+
+app = typer.Typer(
+    help="Protect artworks from style mimicry by diffusion models (DreamBooth, LoRA, img2img).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(testbed_app, name="testbed", help="The miniature Stable Diffusion used to test everything offline.")
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # no wrapping: paths stay greppable
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cloak {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Protect artworks from style mimicry by diffusion models."""
+
+
+def _usage_error(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+@app.command()
+def methods() -> None:
+    """List the protection methods, one line each."""
+    from cloak.methods import METHODS
+
+    width = max(map(len, METHODS))
+    for name, cls in METHODS.items():
+        typer.echo(f"{name:<{width}}  {cls.summary}  [needs: {', '.join(sorted(cls.needs))}]")
+
+
+@app.command()
+def protect(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the cloaked images and their .cloak.json sidecars."),
+    preset: str = typer.Option("default", help="fast | default | strong (see `cloak methods` for methods)."),
+    method: str | None = typer.Option(None, help="Protection method (overrides the preset)."),
+    eps: float | None = typer.Option(None, help="L-inf budget in 0-255 units, e.g. 8 for 8/255 (overrides preset)."),
+    steps: int | None = typer.Option(None, help="Optimiser steps (overrides the preset)."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Diffusers model id, local folder, .safetensors file or `testbed`."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
+    overwrite: bool = typer.Option(False, help="Redo images whose outputs already exist (default: skip them)."),
+    fmt: str = typer.Option("png", "--format", help="png (lossless, recommended) | jpeg | webp."),
+    target: str | None = typer.Option(None, help="Target pattern (stripes|checker|grey) or image, for encoder/mist."),
+    eot: list[str] = typer.Option([], help="Make the cloak robust to a transform, e.g. jpeg:quality=75 (repeatable)."),
+    lpips_bound: float | None = typer.Option(None, help="Also keep LPIPS to the original below this (e.g. 0.05)."),
+    strip_gps: bool = typer.Option(False, help="Remove GPS location tags from the copied EXIF."),
+) -> None:
+    """Cloak images so that fine-tuning or img2img on them fails to copy the style."""
+    import torch
+
+    from cloak.batch import FORMATS, LOSSY_WARNING, collect_inputs, plan_jobs, run_job
+    from cloak.errors import ConfigError, ModelNotFoundError
+    from cloak.methods import METHODS
+    from cloak.models import load_components
+    from cloak.presets import PRESETS
+    from cloak.protect import CloakConfig, Cloaker
+
+    if preset not in PRESETS:
+        raise _usage_error(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    if fmt not in FORMATS:
+        raise _usage_error(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    try:
+        config = CloakConfig.from_preset(
+            preset, method=method, eps=eps, steps=steps, eot=tuple(eot) or None, lpips_bound=lpips_bound,
+            options={"target": target} if target else None,
+        )
+    except ConfigError as err:
+        raise _usage_error(str(err)) from None
+    if fmt != "png":
+        console.print(f"[yellow]warning:[/yellow] {LOSSY_WARNING.format(fmt=fmt.upper())}")
+
+    pairs, errors = collect_inputs(inputs, exclude=out)
+    jobs, plan_errors = plan_jobs(pairs, out, fmt)
+    errors += plan_errors
+    for message in errors:
+        console.print(f"[red]FAILED[/red] {message}")
+    if not jobs:
+        console.print("nothing to cloak.")
+        raise typer.Exit(1 if errors else 0)
+
+    parts = set(METHODS[config.method].needs)
+    try:
+        with console.status(f"loading {model} ({', '.join(sorted(parts))})..."):
+            components = load_components(model, parts, device=device)
+            lpips_model = _lpips_for(components.device, needed=config.lpips_bound is not None)
+            cloaker = Cloaker(components, config, lpips_model=lpips_model if config.lpips_bound else None)
+    except ModelNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    except ConfigError as err:
+        raise _usage_error(str(err)) from None
+
+    def measure_lpips(a, b) -> float:
+        from cloak.imageio import to_tensor
+        from cloak.metrics import lpips_distance
+
+        dev = components.device
+        return round(lpips_distance(lpips_model, to_tensor(a).to(dev), to_tensor(b).to(dev)), 5)
+
+    describe = {"preset": preset, "model": model, "device": str(components.device)}
+    counts = {"done": 0, "skipped": 0, "failed": len(errors)}
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        overall = progress.add_task("images", total=len(jobs))
+        for job in jobs:
+            current = progress.add_task(f"  {job.source.name}", total=config.steps)
+
+            def step(i: int, n: int, loss: float, task=current) -> None:
+                progress.update(task, completed=i)
+
+            with torch.inference_mode(False):
+                outcome = run_job(
+                    job, cloaker, seed=seed, fmt=fmt, overwrite=overwrite, strip_gps=strip_gps, describe=describe,
+                    measure_lpips=measure_lpips if lpips_model is not None else None, callback=step,
+                )
+            progress.remove_task(current)
+            progress.advance(overall)
+            counts[outcome.status] += 1
+            if outcome.status == "failed":
+                progress.console.print(f"[red]FAILED[/red] {outcome.message}")
+            elif outcome.status == "skipped":
+                progress.console.print(f"skipped {job.source} ({outcome.message})")
+            else:
+                r = outcome.record
+                progress.console.print(
+                    f"[green]done[/green] {job.source} -> {job.output}  L-inf {r['linf']}/255, "
+                    f"PSNR {r['psnr']:.1f} dB, SSIM {r['ssim']:.3f}, {r['seconds']:.1f} s"
+                )
+    console.print(f"{counts['done']} cloaked, {counts['skipped']} skipped, {counts['failed']} failed.")
+    if lpips_model is None:
+        console.print("(LPIPS not measured: its AlexNet weights are not cached on this machine.)")
+    raise typer.Exit(1 if counts["failed"] else 0)
+
+
+def _lpips_for(device, *, needed: bool):
+    """LPIPS for the budget (downloads its weights if needed) or, when cached, for the sidecar's metric."""
+    from cloak.errors import ModelNotFoundError
+    from cloak.models import load_lpips
+
+    if needed:
+        return load_lpips(device, download=True)
+    try:
+        return load_lpips(device, download=False)
+    except ModelNotFoundError:
+        return None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

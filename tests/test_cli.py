@@ -1,0 +1,148 @@
+"""`cloak protect` end to end on a folder of mixed files, with a tiny local diffusers model folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cloak.cli import app
+
+runner = CliRunner()
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def _noise(h, w, c=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
+
+
+@pytest.fixture
+def art(tmp_path) -> Path:
+    """An artist's folder: PNG with alpha, rotated JPEG with EXIF, a 4000x3000 image, a corrupt file, a subfolder."""
+    folder = tmp_path / "art"
+    (folder / "sketches").mkdir(parents=True)
+    rgba = _noise(30, 40, 4)
+    rgba[..., 3] = np.linspace(0, 255, 40, dtype=np.uint8)[None, :]
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    Image.fromarray(_noise(24, 36, seed=1)).save(folder / "photo.jpg", exif=exif, quality=95)
+    Image.fromarray(np.full((3000, 4000, 3), 200, np.uint8)).save(folder / "sketches" / "large.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really an image")
+    (folder / "notes.txt").write_text("not an image: ignored inside folders")
+    return folder
+
+
+def _protect(*args):
+    return runner.invoke(app, ["protect", *map(str, args)])
+
+
+def test_folder_of_mixed_files(art, tiny_model_dir, tmp_path):
+    before = _digest(art)
+    out = tmp_path / "out"
+    result = _protect(art, "--out", out, "--model", tiny_model_dir, "--steps", "2", "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    assert "FAILED" in result.output and "broken.png" in result.output
+    assert "3 cloaked, 0 skipped, 1 failed" in result.output
+    assert _digest(art) == before, "an input changed"
+
+    expected = {"alpha.png": (40, 30), "photo.png": (24, 36), "sketches/large.png": (4000, 3000)}
+    for name, size in expected.items():
+        img = Image.open(out / name)
+        assert img.format == "PNG" and img.size == size
+        record = json.loads((out / name).with_name(Path(name).stem + ".cloak.json").read_text())
+        assert record["linf"] <= 8 and record["eps"] == 8 and record["steps"] == 2
+        for key in ("method", "preset", "seed", "model", "psnr", "ssim", "lpips", "seconds"):
+            assert key in record
+    # Alpha untouched; budget measured on the saved file.
+    src = np.asarray(Image.open(art / "alpha.png"))
+    got = np.asarray(Image.open(out / "alpha.png"))
+    assert np.array_equal(src[..., 3], got[..., 3])
+    assert np.abs(src[..., :3].astype(int) - got[..., :3]).max() <= 8
+    # The JPEG comes back upright (EXIF orientation applied) and no longer asks viewers to rotate.
+    assert Image.open(out / "photo.png").getexif().get(0x0112, 1) == 1
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
+
+    again = _protect(art, "--out", out, "--model", tiny_model_dir, "--steps", "2", "--device", "cpu")
+    assert "0 cloaked, 3 skipped, 1 failed" in again.output
+    assert again.exit_code == 1
+
+
+def test_all_good_exits_zero_and_overwrite_redoes(tmp_path, tiny_model_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_noise(20, 20)).save(folder / "a.png")
+    out = folder / "protected"  # output inside the input folder: must not be cloaked again next time
+    args = (folder, "--out", out, "--model", tiny_model_dir, "--steps", "1", "--device", "cpu")
+    first = _protect(*args)
+    assert first.exit_code == 0, first.output
+    stamp = (out / "a.cloak.json").stat().st_mtime_ns
+    second = _protect(*args)
+    assert second.exit_code == 0 and "0 cloaked, 1 skipped, 0 failed" in second.output
+    third = _protect(*args, "--overwrite")
+    assert "1 cloaked, 0 skipped" in third.output
+    assert (out / "a.cloak.json").stat().st_mtime_ns != stamp
+    assert not (out / "protected").exists()
+
+
+def test_never_writes_over_an_input(tmp_path, tiny_model_dir):
+    Image.fromarray(_noise(16, 16)).save(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    result = _protect(tmp_path / "a.png", "--out", tmp_path, "--model", tiny_model_dir, "--steps", "1")
+    assert result.exit_code == 1
+    assert "would overwrite an input" in result.output
+    assert (tmp_path / "a.png").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--eps", "0.03"], "Did you mean 8 for 8/255"),
+        (["--preset", "turbo"], "unknown preset 'turbo'"),
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--format", "gif"], "unknown --format 'gif'"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, args, message):
+    Image.fromarray(_noise(8, 8)).save(tmp_path / "a.png")
+    result = _protect(tmp_path / "a.png", "--out", tmp_path / "o", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_missing_model_is_one_clear_line(tmp_path):
+    Image.fromarray(_noise(8, 8)).save(tmp_path / "a.png")
+    result = _protect(tmp_path / "a.png", "--out", tmp_path / "o", "--model", "someone/not-cached-model")
+    assert result.exit_code == 1
+    assert "someone/not-cached-model" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_input_and_lossy_warning(tmp_path, tiny_model_dir):
+    Image.fromarray(_noise(16, 16)).save(tmp_path / "a.png")
+    result = _protect(tmp_path / "nope.png", tmp_path / "a.png", "--out", tmp_path / "o", "--model", tiny_model_dir,
+                      "--steps", "1", "--format", "webp")
+    assert result.exit_code == 1
+    assert "nope.png: no such file or folder" in result.output
+    assert "lossy" in result.output
+    assert (tmp_path / "o" / "a.webp").exists()
+
+
+def test_methods_and_version():
+    from cloak import __version__
+    from cloak.methods import METHODS
+
+    listed = runner.invoke(app, ["methods"])
+    assert listed.exit_code == 0
+    for name in METHODS:
+        assert name in listed.output
+    assert runner.invoke(app, ["--version"]).output.strip() == f"cloak {__version__}"
