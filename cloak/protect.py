@@ -176,7 +176,7 @@ class Cloaker:
             # Back-propagate view by view into a detached copy (memory: one view's graph), then once into delta.
             leaf = x_adv.detach().requires_grad_(True)
             total = 0.0
-            for view, target, clean in zip(views, targets, clean_views, strict=False):
+            for view, target, clean in zip(views, targets, clean_views, strict=True):
                 xv = render_view(leaf, view)
                 if eot is not None:
                     xv = eot(xv)
