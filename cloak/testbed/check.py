@@ -1,0 +1,207 @@
+"""Measure the testbed's gates: is it a faithful enough miniature for protection results to mean something?
+
+Gates (issue 3), all on fresh evaluation seeds (``>= EVAL_SEED_OFFSET``, never used by a build):
+
+- VAE reconstruction PSNR >= 24 dB on every style (mean over its images; held-out styles included).
+- Judge accuracy >= 95% on images of all styles.
+- Base model prompted "a painting in the style of <seen style>": >= 70% of generations judged as that style
+  (mean over the seen styles).
+- DreamBooth on 16 clean images of a held-out style with "a painting in sks style": >= 70% of generations
+  judged as that style after fine-tuning, against <= 20% from the base model with the same prompt
+  (mean over the held-out styles; each style's figure is printed too).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from cloak.testbed.artists import EVAL_SEED_OFFSET, HELD_OUT, SEEN, STYLES, caption, paint_batch
+from cloak.testbed.dreambooth import SKS_PROMPT, dreambooth, generate
+from cloak.testbed.judge import Judge, load_judge
+
+PSNR_MIN_DB = 24.0
+JUDGE_ACC_MIN = 0.95
+BASE_FIDELITY_MIN = 0.70
+DREAMBOOTH_MIN = 0.70
+BASE_SKS_MAX = 0.20
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """How much the check draws.
+
+    Attributes:
+        images_per_style: evaluation images per style for the PSNR and judge-accuracy gates.
+        generations: generations per prompt for the fidelity and DreamBooth gates.
+        num_inference_steps: DDIM steps per generation.
+        guidance_scale: classifier-free guidance scale.
+        instance_images: DreamBooth training images (16 in the gate).
+        db_steps, db_lr, db_batch: the DreamBooth fine-tune.
+        held_out: held-out styles to fine-tune on.
+    """
+
+    images_per_style: int = 64
+    generations: int = 32
+    num_inference_steps: int = 25
+    guidance_scale: float = 5.0
+    instance_images: int = 16
+    db_steps: int = 400
+    db_lr: float = 2e-4
+    db_batch: int = 4
+    held_out: tuple[str, ...] = HELD_OUT
+
+
+QUICK = CheckSettings(images_per_style=8, generations=4, num_inference_steps=5, db_steps=5, held_out=HELD_OUT[:1])
+"""A smoke run that exercises every gate in seconds (figures meaningless)."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate: its name, the measured figure, the target (both as text) and whether it passed."""
+
+    name: str
+    measured: str
+    target: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The gates and the raw figures behind them (per style), plus seconds per stage."""
+
+    gates: list[Gate]
+    figures: dict[str, object] = field(default_factory=dict)
+
+
+def psnr_db(a: Tensor, b: Tensor) -> Tensor:
+    """Per-image PSNR in dB of images in [0, 1], ``(B,)``."""
+    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def judged_fraction(judge: Judge, images: Tensor, style: str) -> float:
+    """Fraction of ``images`` the judge names ``style``, in [0, 1]."""
+    return float((judge.predict(images).cpu() == STYLES.index(style)).float().mean())
+
+
+def _eval_images(style: str, n: int, size: int) -> Tensor:
+    images, _ = paint_batch(style, range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + n), size)
+    return torch.from_numpy(images)
+
+
+def run_check(
+    model: str = "testbed",
+    seed: int = 0,
+    quick: bool = False,
+    settings: CheckSettings | None = None,
+    log: Callable[[str], None] = print,
+) -> CheckReport:
+    """Measure every gate on ``model`` ("testbed" or a folder written by ``build``) with its judge.
+
+    Args:
+        model: "testbed" (the shipped weights; judge in ``cloak/testbed/weights/judge``) or a build folder
+            (judge in ``<folder>/judge``).
+        seed: seed of every draw (generation noise, DreamBooth batches).
+        quick: use ``QUICK`` settings (a smoke run) unless ``settings`` is given.
+        settings: explicit settings.
+        log: where progress lines go.
+
+    Returns:
+        A ``CheckReport``; ``figures`` holds per-style numbers and timings.
+    """
+    from cloak.models import TESTBED, TESTBED_DIR, load_components
+
+    s = settings or (QUICK if quick else CheckSettings())
+    folder = TESTBED_DIR if model == TESTBED else Path(model)
+    comp = load_components(model, device="cpu")
+    judge = load_judge("cpu", folder / "judge")
+    r = comp.resolution
+    figures: dict[str, object] = {"settings": s.__dict__.copy()}
+    gates: list[Gate] = []
+    t0 = time.perf_counter()
+
+    # 1. VAE reconstruction and 2. judge accuracy, on evaluation images of every style.
+    psnr, acc = {}, {}
+    with torch.no_grad():
+        for style in STYLES:
+            x = _eval_images(style, s.images_per_style, r)
+            z = comp.vae.encode(x * 2 - 1).latent_dist.mean
+            rec = ((comp.vae.decode(z).sample + 1) / 2).clamp(0, 1)
+            psnr[style] = float(psnr_db(rec, x).mean())
+            acc[style] = judged_fraction(judge, x, style)
+    figures["vae_psnr_db"], figures["judge_accuracy"] = psnr, acc
+    worst = min(psnr, key=psnr.get)
+    gates.append(
+        Gate(
+            "VAE PSNR, worst style",
+            f"{psnr[worst]:.1f} dB ({worst})",
+            f">= {PSNR_MIN_DB:.0f} dB",
+            psnr[worst] >= PSNR_MIN_DB,
+        )
+    )
+    mean_acc = sum(acc.values()) / len(acc)
+    gates.append(
+        Gate("judge accuracy, all styles", f"{mean_acc:.1%}", f">= {JUDGE_ACC_MIN:.0%}", mean_acc >= JUDGE_ACC_MIN)
+    )
+    log(f"VAE and judge measured in {time.perf_counter() - t0:.0f} s")
+
+    # 3. Base model fidelity on seen styles.
+    gen = torch.Generator().manual_seed(seed)
+    fidelity = {}
+    for style in SEEN:
+        images = generate(comp, caption(style), s.generations, s.num_inference_steps, s.guidance_scale, gen)
+        fidelity[style] = judged_fraction(judge, images, style)
+    figures["base_fidelity"] = fidelity
+    mean_fid = sum(fidelity.values()) / len(fidelity)
+    gates.append(
+        Gate(
+            "base model, seen style prompted",
+            f"{mean_fid:.1%}",
+            f">= {BASE_FIDELITY_MIN:.0%}",
+            mean_fid >= BASE_FIDELITY_MIN,
+        )
+    )
+    log(f"base fidelity measured at {time.perf_counter() - t0:.0f} s: {mean_fid:.1%}")
+
+    # 4. DreamBooth mimicry of held-out styles.
+    before, after, seconds = {}, {}, {}
+    for style in s.held_out:
+        base_images = generate(comp, SKS_PROMPT, s.generations, s.num_inference_steps, s.guidance_scale, gen)
+        before[style] = judged_fraction(judge, base_images, style)
+        instance = _eval_images(style, s.instance_images, r)
+        t_db = time.perf_counter()
+        unet = dreambooth(comp, instance, SKS_PROMPT, s.db_steps, s.db_lr, s.db_batch, gen)
+        seconds[style] = time.perf_counter() - t_db
+        mimic = replace(comp, unet=unet)
+        images = generate(mimic, SKS_PROMPT, s.generations, s.num_inference_steps, s.guidance_scale, gen)
+        after[style] = judged_fraction(judge, images, style)
+        log(f"DreamBooth on {style}: {before[style]:.0%} -> {after[style]:.0%} in {seconds[style]:.0f} s")
+    figures["dreambooth_before"], figures["dreambooth_after"], figures["dreambooth_seconds"] = before, after, seconds
+    mean_after = sum(after.values()) / len(after)
+    mean_before = sum(before.values()) / len(before)
+    gates.append(
+        Gate(
+            "DreamBooth (sks) mimic judged as the style",
+            f"{mean_after:.1%}",
+            f">= {DREAMBOOTH_MIN:.0%}",
+            mean_after >= DREAMBOOTH_MIN,
+        )
+    )
+    gates.append(
+        Gate(
+            "base model with the sks prompt",
+            f"{mean_before:.1%}",
+            f"<= {BASE_SKS_MAX:.0%}",
+            mean_before <= BASE_SKS_MAX,
+        )
+    )
+    slowest = max(seconds.values())
+    gates.append(Gate("DreamBooth fine-tune time, slowest", f"{slowest:.0f} s", "<= 180 s", slowest <= 180))
+    figures["seconds"] = time.perf_counter() - t0
+    return CheckReport(gates=gates, figures=figures)
