@@ -1,0 +1,492 @@
+"""The evaluation grid as a TOML file, read into frozen dataclasses (``tomllib``; unknown keys are errors).
+
+A config names the model, the artists, the defences, the purification attacks, the mimics, the seeds, the
+prompts and the metrics' feature extractors. The grid is every (artist, defence, attack, mimic, seed); the clean
+baseline is always part of it. Schema (every key but ``model``, ``artists`` and ``mimics`` has a default)::
+
+    name = "quick"                    # a label for the report
+    model = "testbed"                 # as `cloak.models.load_components`: "testbed", a hub id, a folder, a file
+    device = "auto"                   # auto | cpu | cuda | cuda:N | mps
+    dtype = "float32"                 # float32 | float16 | bfloat16 (weights of the loaded model)
+    seeds = [0, 1]                    # each seed: its own cloak, purification draws, fine-tune and samples
+    attacks = ["jpeg:quality=75"]     # `attacks` spec strings; the unattacked images ("none") always run
+    attack_clean = false              # also purify the clean baseline (shows what an attack costs the mimic)
+
+    [[artists]]                       # a testbed style ...
+    style = "marbling"                #   name from cloak.testbed.artists.STYLES
+    n_train = 8                       #   training images (the artist's posted work the mimic trains on)
+    n_heldout = 32                    #   held-out images the generations are compared with
+    [[artists]]                       # ... or any folder of images
+    name = "alice"
+    folder = "art/alice"              #   relative to this file; sorted by name: the first n_train train,
+    n_train = 8                       #   the rest (>= 2) are held out
+
+    [[defences]]                      # a cloak made here ...
+    method = "encoder"                #   cloak.methods.METHODS key
+    eps = 8                           #   L-inf budget, 0-255 units
+    steps = 16                        #   optimiser steps (also: step_size, eot, options, name)
+    [[defences]]                      # ... or another tool's output
+    name = "glaze"
+    precomputed = "glazed/{artist}"   #   files named like the artist's training images ({artist} = its name)
+
+    [[mimics]]
+    kind = "dreambooth"               # dreambooth | lora: eval.mimics.FinetuneConfig fields as keys
+    steps = 400
+    lr = 5e-6
+    [[mimics]]
+    kind = "img2img"                  # strength: one value or a list (a sweep); prompt
+    strength = [0.3, 0.5]
+    prompt = "a painting"
+
+    [generation]                      # what the fine-tuned mimics sample
+    prompts = ["a painting in sks style"]
+    n = 16                            # images per prompt
+    num_inference_steps = 50
+    guidance_scale = 7.5
+    batch_size = 8
+
+    [metrics]
+    judge = "testbed"                 # the testbed's style judge, a folder holding one, or "" for none
+    clip = ""                         # open_clip "ARCH:TAG" (e.g. "ViT-B-32:openai"), "ARCH:none" = random
+    lpips = false                     # LPIPS visibility (needs torchvision's AlexNet weights)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cloak.errors import ConfigError
+from eval.mimics import FinetuneConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (pyproject: tomli; python_version < "3.11")
+    import tomli as tomllib
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+"""The built-in configs: ``quick``, ``paper-style``, ``paper-face``."""
+MIMIC_KINDS = ("dreambooth", "lora", "img2img")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ArtistSpec:
+    """One artist whose style the mimic tries to copy.
+
+    Attributes:
+        name: a label (file-name safe).
+        style: a testbed style name (painted at the model's resolution), or None for a folder.
+        folder: a folder of images, or None for a testbed style.
+        n_train: training images (the artist's posted work).
+        n_heldout: held-out images for the metrics (testbed styles; a folder holds out all but ``n_train``).
+    """
+
+    name: str
+    style: str | None = None
+    folder: Path | None = None
+    n_train: int = 8
+    n_heldout: int = 32
+
+
+@dataclass(frozen=True)
+class DefenceSpec:
+    """One protection: a cloak computed here, or another tool's output read from a folder.
+
+    Attributes:
+        name: a label (file-name safe); default ``"<method>-<eps>"``.
+        method: a ``cloak.methods.METHODS`` key, or None for ``precomputed``.
+        eps: L-inf budget, 0-255 units.
+        steps: optimiser steps.
+        step_size: first step, 0-255 units; None = the optimiser's schedule.
+        eot: expectation-over-transforms specs.
+        options: method-specific options.
+        precomputed: a folder of protected images named like the training images; ``{artist}`` is replaced by
+            the artist's name. None for a cloak computed here.
+    """
+
+    name: str
+    method: str | None = None
+    eps: float | None = None
+    steps: int = 16
+    step_size: float | None = None
+    eot: tuple[str, ...] = ()
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    precomputed: str | None = None
+
+    def cloak_config(self):
+        """The ``cloak.protect.CloakConfig`` of a cloak computed here."""
+        from cloak.protect import CloakConfig
+
+        return CloakConfig(
+            method=self.method,
+            eps=self.eps,
+            steps=self.steps,
+            step_size=self.step_size,
+            eot=self.eot,
+            options=dict(self.options),
+        )
+
+
+@dataclass(frozen=True)
+class MimicSpec:
+    """One mimic: a fine-tune (then sampling with ``[generation]``) or img2img at one strength.
+
+    Attributes:
+        name: a label; default the kind (img2img: ``"img2img-<strength>"``).
+        kind: "dreambooth", "lora" or "img2img".
+        finetune: the fine-tune's settings (dreambooth, lora); None for img2img.
+        strength: img2img strength in [0, 1]; None for fine-tunes.
+        prompt: img2img prompt.
+    """
+
+    name: str
+    kind: str
+    finetune: FinetuneConfig | None = None
+    strength: float | None = None
+    prompt: str = "a painting"
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Sampling from a fine-tuned mimic.
+
+    Attributes:
+        prompts: prompts to sample (the instance prompt's rare token included).
+        n: images per prompt.
+        num_inference_steps: DDIM steps (also used by img2img).
+        guidance_scale: classifier-free guidance scale (also used by img2img).
+        batch_size: images per pipeline call (memory only).
+    """
+
+    prompts: tuple[str, ...] = ("a painting in sks style",)
+    n: int = 16
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    """Feature extractors behind the metrics.
+
+    Attributes:
+        judge: "testbed" (the shipped style judge), a folder written by ``Judge.save``, or "" for none.
+        clip: open_clip ``"ARCH:TAG"``; ``"ARCH:none"`` for random weights (tests); "" for none.
+        lpips: measure LPIPS visibility (needs torchvision's AlexNet weights).
+    """
+
+    judge: str = "testbed"
+    clip: str = ""
+    lpips: bool = False
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """A whole evaluation grid (see the module docstring for the TOML schema)."""
+
+    name: str
+    model: str
+    artists: tuple[ArtistSpec, ...]
+    mimics: tuple[MimicSpec, ...]
+    defences: tuple[DefenceSpec, ...] = ()
+    attacks: tuple[str, ...] = ()
+    attack_clean: bool = False
+    seeds: tuple[int, ...] = (0,)
+    device: str = "auto"
+    dtype: str = "float32"
+    generation: GenerationSpec = GenerationSpec()
+    metrics: MetricsSpec = MetricsSpec()
+    source: str = ""  # the file it was read from
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy (paths as strings)."""
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return str(obj) if isinstance(obj, Path) else obj
+
+
+def builtin_configs() -> list[str]:
+    """Names of the built-in configs in ``eval/configs``."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def resolve_config_path(config: str | Path) -> Path:
+    """A config file path, or a built-in name (``quick``) -> the file."""
+    path = Path(config).expanduser()
+    if path.is_file():
+        return path
+    if str(config) in builtin_configs():
+        return CONFIG_DIR / f"{config}.toml"
+    raise ConfigError(
+        f"no eval config {str(config)!r}: expected a TOML file or a built-in name ({', '.join(builtin_configs())})."
+    )
+
+
+def load_config(config: str | Path) -> EvalConfig:
+    """Read and validate an eval config (a TOML file or a built-in name).
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a key is unknown, missing or of the wrong kind; the
+            message names the file and the key.
+    """
+    path = resolve_config_path(config)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}.") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> EvalConfig:
+    """Validate a parsed TOML document (``path`` for messages and relative folders)."""
+    where = str(path)
+    top = _pick(
+        raw, EvalConfig, where, exclude={"source"}, convert={"artists", "mimics", "defences", "generation", "metrics"}
+    )
+    for key in ("model", "artists", "mimics"):
+        if key not in raw:
+            raise ConfigError(f"{where}: the key `{key}` is missing.")
+    artists = tuple(
+        _artist(t, f"{where}: [[artists]] #{i + 1}", path.parent) for i, t in enumerate(_tables(raw, "artists", where))
+    )
+    defences = tuple(
+        _defence(t, f"{where}: [[defences]] #{i + 1}") for i, t in enumerate(_tables(raw, "defences", where))
+    )
+    mimics = tuple(
+        m for i, t in enumerate(_tables(raw, "mimics", where)) for m in _mimic(t, f"{where}: [[mimics]] #{i + 1}")
+    )
+    generation = _build(GenerationSpec, _table(raw, "generation", where), f"{where}: [generation]")
+    metrics = _build(MetricsSpec, _table(raw, "metrics", where), f"{where}: [metrics]")
+    if not artists or not mimics:
+        raise ConfigError(f"{where}: `artists` and `mimics` must each hold at least one table.")
+    for kind, items in (("artists", artists), ("defences", defences), ("mimics", mimics)):
+        names = [it.name for it in items]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"{where}: [[{kind}]] names must be unique, got {', '.join(dup)} more than once.")
+    if any(d.name == "clean" for d in defences):
+        raise ConfigError(f"{where}: [[defences]] must not be named 'clean': the clean baseline is always run.")
+    if top.get("dtype", "float32") not in DTYPES:
+        raise ConfigError(f"{where}: `dtype` must be one of {', '.join(DTYPES)}, got {top['dtype']!r}.")
+    seeds = top.get("seeds", (0,))
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"{where}: `seeds` must be distinct integers >= 0, at least one, got {list(seeds)}.")
+    attacks_ = tuple(top.get("attacks", ()))
+    for spec in attacks_:
+        _check_attack(spec, f"{where}: `attacks`")
+    if len(set(attacks_)) != len(attacks_) or "none" in attacks_:
+        raise ConfigError(
+            f"{where}: `attacks` must be distinct specs and not 'none' (always run), got {list(attacks_)}."
+        )
+    _check_positive(generation, ("n", "num_inference_steps", "batch_size"), f"{where}: [generation]")
+    if not generation.prompts:
+        raise ConfigError(f"{where}: [generation] `prompts` must hold at least one prompt.")
+    return EvalConfig(
+        name=top.get("name", path.stem),
+        model=top["model"],
+        artists=artists,
+        mimics=mimics,
+        defences=defences,
+        attacks=attacks_,
+        attack_clean=top.get("attack_clean", False),
+        seeds=tuple(seeds),
+        device=top.get("device", "auto"),
+        dtype=top.get("dtype", "float32"),
+        generation=generation,
+        metrics=metrics,
+        source=str(path),
+    )
+
+
+def _tables(raw: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(f"{where}: `{key}` must be an array of tables ([[{key}]]), got {type(value).__name__}.")
+    return value
+
+
+def _table(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: `{key}` must be a table ([{key}]), got {type(value).__name__}.")
+    return value
+
+
+def _check_positive(obj: Any, names: tuple[str, ...], where: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise ConfigError(f"{where}: `{name}` must be >= 1, got {getattr(obj, name)}.")
+
+
+def _safe_name(name: str, where: str) -> str:
+    if not name or any(c in name for c in '/\\:*?"<>|') or name.startswith("."):
+        raise ConfigError(f"{where}: `name` must be a file-name-safe label, got {name!r}.")
+    return name
+
+
+def _artist(t: dict[str, Any], where: str, base: Path) -> ArtistSpec:
+    values = _pick(t, ArtistSpec, where)
+    if ("style" in values) == ("folder" in values):
+        raise ConfigError(f"{where}: give exactly one of `style` (a testbed style) or `folder` (images).")
+    if "style" in values:
+        from cloak.testbed.artists import STYLES
+
+        if values["style"] not in STYLES:
+            raise ConfigError(
+                f"{where}: `style` must be a testbed style ({', '.join(STYLES)}), got {values['style']!r}."
+            )
+    else:
+        folder = Path(values["folder"]).expanduser()
+        values["folder"] = folder if folder.is_absolute() else (base / folder).resolve()
+    values.setdefault("name", values.get("style") or Path(values["folder"]).name)
+    spec = ArtistSpec(**values)
+    _safe_name(spec.name, where)
+    if spec.n_train < 1 or spec.n_heldout < 2:
+        raise ConfigError(
+            f"{where}: `n_train` must be >= 1 and `n_heldout` >= 2, got {spec.n_train}, {spec.n_heldout}."
+        )
+    return spec
+
+
+def _defence(t: dict[str, Any], where: str) -> DefenceSpec:
+    values = _pick(t, DefenceSpec, where)
+    if ("method" in values) == ("precomputed" in values):
+        raise ConfigError(f"{where}: give exactly one of `method` (a cloak made here) or `precomputed` (a folder).")
+    if "precomputed" in values:
+        if "name" not in values:
+            raise ConfigError(f"{where}: a `precomputed` defence needs a `name` (e.g. 'glaze').")
+        extra = sorted(set(values) - {"name", "precomputed"})
+        if extra:
+            raise ConfigError(f"{where}: a `precomputed` defence takes only `name`, got also {', '.join(extra)}.")
+        return DefenceSpec(name=_safe_name(values["name"], where), precomputed=values["precomputed"])
+    if "eps" not in values:
+        raise ConfigError(f"{where}: the key `eps` (L-inf budget, 0-255 units) is missing.")
+    values.setdefault("name", f"{values['method']}-{values['eps']:g}")
+    spec = DefenceSpec(**values)
+    _safe_name(spec.name, where)
+    try:
+        spec.cloak_config()
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return spec
+
+
+def _mimic(t: dict[str, Any], where: str) -> list[MimicSpec]:
+    kind = t.get("kind")
+    if kind not in MIMIC_KINDS:
+        raise ConfigError(f"{where}: `kind` must be one of {', '.join(MIMIC_KINDS)}, got {kind!r}.")
+    rest = {k: v for k, v in t.items() if k not in ("kind", "name")}
+    name = t.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{where}: `name` must be a string, got {name!r}.")
+    if kind == "img2img":
+        unknown = sorted(set(rest) - {"strength", "prompt"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} for img2img; expected strength, prompt.")
+        strengths = rest.get("strength", 0.5)
+        strengths = strengths if isinstance(strengths, list) else [strengths]
+        prompt = rest.get("prompt", "a painting")
+        if not isinstance(prompt, str):
+            raise ConfigError(f"{where}: `prompt` must be a string, got {prompt!r}.")
+        out = []
+        for s in strengths:
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1:
+                raise ConfigError(f"{where}: `strength` must be a number in [0, 1] (or a list of them), got {s!r}.")
+            label = name or "img2img"
+            out.append(
+                MimicSpec(
+                    name=_safe_name(f"{label}-{s:g}" if len(strengths) > 1 or not name else label, where),
+                    kind=kind,
+                    strength=float(s),
+                    prompt=prompt,
+                )
+            )
+        return out
+    values = _pick(rest, FinetuneConfig, where, exclude={"method"})
+    try:
+        ft = FinetuneConfig(method=kind, **values)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return [MimicSpec(name=_safe_name(name or kind, where), kind=kind, finetune=ft)]
+
+
+def _check_attack(spec: Any, where: str) -> None:
+    from attacks import ATTACKS, needs_model, parse_spec
+    from cloak.specs import split_spec
+
+    if not isinstance(spec, str):
+        raise ConfigError(f"{where}: each attack must be a spec string like 'jpeg:quality=75', got {spec!r}.")
+    try:
+        for item in split_spec(spec):
+            if item.name not in ATTACKS:
+                raise ConfigError(f"unknown attack {item.name!r} in {spec!r}; known: {', '.join(ATTACKS)}.")
+        if not needs_model(spec):
+            parse_spec(spec)  # full parameter validation; diffusion purifiers are checked when built
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    return cls(**_pick(table, cls, where))
+
+
+def _pick(
+    table: dict[str, Any],
+    cls: type,
+    where: str,
+    exclude: frozenset[str] | set[str] = frozenset(),
+    convert: frozenset[str] | set[str] = frozenset(),
+) -> dict[str, Any]:
+    """Check ``table``'s keys against ``cls``'s fields and coerce each value to the field's type.
+
+    Keys in ``convert`` are accepted but left as they are (the caller parses them).
+    """
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key `{key}`; expected one of {', '.join(allowed)}.")
+        out[key] = value if key in convert else _coerce(value, hints[key], f"{where}: `{key}`")
+    return out
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}.")
+        return tuple(_coerce(v, args[0], where) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}.")
+        return dict(value)
+    if hint is Path:
+        hint = str
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{where} must be {_KIND[hint]}, got {value!r}.")
+        return value
+    raise ConfigError(f"{where}: unsupported value {value!r}.")
+
+
+_KIND = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

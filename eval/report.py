@@ -1,0 +1,385 @@
+"""A self-contained ``report.html``: tables, image grids as base64 PNG, plots as inline SVG (no matplotlib).
+
+Plots: protection vs budget (defences made here, by method), protection vs visibility (PSNR of the protected
+training files), and the retained fraction per attack. Image grids: the training images clean, protected and
+purified (seed of the first run), and each cell's generations.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cloak.imageio import atomic_write_bytes
+from eval import data
+from eval.config import EvalConfig
+from eval.summary import CLEAN, NO_ATTACK
+
+THUMB = 96  # px, side of each training-image thumbnail
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}img{image-rendering:pixelated;vertical-align:middle}
+.plots{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figcaption{font-size:13px;color:#555;max-width:460px}
+.fail{color:#b00}
+"""
+
+
+def _png(rgb: np.ndarray, height: int | None = None) -> str:
+    im = Image.fromarray(rgb)
+    if height is not None and im.height != height:
+        im = im.resize((max(1, round(im.width * height / im.height)), height), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if math.isfinite(v) else str(v)
+    return html.escape(str(v))
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str], left: int = 0) -> str:
+    head = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(c)}</th>' for i, c in enumerate(columns))
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="{"l" if i < left else ""}">{_fmt(r.get(c))}</td>' for i, c in enumerate(columns))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    step = 10 ** math.floor(math.log10((hi - lo) / n))
+    for m in (1, 2, 5, 10):
+        if (hi - lo) / (step * m) <= n:
+            step *= m
+            break
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def svg_plot(
+    series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    lines: bool = True,
+    width: int = 460,
+    height: int = 300,
+) -> str:
+    """A line (or scatter) plot as inline SVG: ``series`` is ``(label, xs, ys)``; None values are skipped."""
+    pts = [(x, y) for _, xs, ys in series for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
+    if not pts:
+        return "<p>(nothing to plot yet)</p>"
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(min(p[1] for p in pts), 0.0), max(max(p[1] for p in pts), 0.0)
+    pad_x, pad_y = (x1 - x0) * 0.05 or 1.0, (y1 - y0) * 0.08 or 0.1
+    x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
+    left, right, top, bottom = 56, 130, 12, 42
+    w, h = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * w
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">']
+    out.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>')
+    for t in _ticks(x0, x1):
+        out.append(f'<text x="{sx(t):.1f}" y="{top + h + 14}" text-anchor="middle">{t:g}</text>')
+    for t in _ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    if y0 < 0 < y1:
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{sy(0):.1f}" y2="{sy(0):.1f}" stroke="#666"/>')
+    out.append(f'<text x="{left + w / 2}" y="{height - 6}" text-anchor="middle">{html.escape(xlabel)}</text>')
+    out.append(
+        f'<text transform="translate(14 {top + h / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>'
+    )
+    for i, (label, xs, ys) in enumerate(series):
+        colour = COLOURS[i % len(COLOURS)]
+        p = sorted((x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None)
+        if lines and len(p) > 1:
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in p)
+            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{colour}"/>' for x, y in p]
+        ly = top + 12 + 15 * i
+        out.append(f'<rect x="{left + w + 8}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<text x="{left + w + 22}" y="{ly + 1}">{html.escape(label[:18])}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def svg_bars(
+    groups: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float | None]]],
+    ylabel: str,
+    width: int = 460,
+    height: int = 300,
+) -> str:
+    """Grouped bars as inline SVG: one group per entry of ``groups``, one bar per series (None = no bar)."""
+    values = [v for _, vs in series for v in vs if v is not None]
+    if not values:
+        return "<p>(nothing to plot yet)</p>"
+    y0, y1 = min(min(values), 0.0), max(max(values), 1.0)
+    left, right, top, bottom = 56, 130, 12, 70
+    w, h = width - left - right, height - top - bottom
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">']
+    for t in _ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    out.append(f'<line x1="{left}" x2="{left + w}" y1="{sy(0):.1f}" y2="{sy(0):.1f}" stroke="#666"/>')
+    gw = w / max(len(groups), 1)
+    bw = gw * 0.8 / max(len(series), 1)
+    for g, name in enumerate(groups):
+        gx = left + g * gw
+        out.append(
+            f'<text transform="translate({gx + gw / 2:.1f} {top + h + 10}) rotate(30)" font-size="10">'
+            f"{html.escape(name[:22])}</text>"
+        )
+        for i, (_, vs) in enumerate(series):
+            v = vs[g]
+            if v is None:
+                continue
+            x = gx + gw * 0.1 + i * bw
+            y_top, y_bot = sorted((sy(v), sy(0)))
+            out.append(
+                f'<rect x="{x:.1f}" y="{y_top:.1f}" width="{bw * 0.9:.1f}" height="{max(y_bot - y_top, 0.5):.1f}" '
+                f'fill="{COLOURS[i % len(COLOURS)]}"/>'
+            )
+    for i, (label, _) in enumerate(series):
+        ly = top + 12 + 15 * i
+        out.append(
+            f'<rect x="{left + w + 8}" y="{ly - 8}" width="10" height="10" fill="{COLOURS[i % len(COLOURS)]}"/>'
+        )
+        out.append(f'<text x="{left + w + 22}" y="{ly + 1}">{html.escape(label[:18])}</text>')
+    out.append(
+        f'<text transform="translate(14 {top + h / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>'
+    )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _plots(summary: dict[str, list[dict[str, Any]]]) -> str:
+    defences = summary["defences"]
+    figs = []
+    # protection vs budget: one series per (method, mimic), over eps
+    budget: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for d in defences:
+        if d.get("eps") is not None and d.get("effect") is not None:
+            budget[f"{d['method']} {d['mimic']}"].append((d["eps"], d["effect"]))
+    figs.append(
+        (
+            svg_plot(
+                [(k, [p[0] for p in v], [p[1] for p in v]) for k, v in budget.items()],
+                "L-inf budget (/255)",
+                "protection effect",
+            ),
+            "Protection vs budget: clean score minus protected score, no attack, mean over seeds.",
+        )
+    )
+    vis: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for d in defences:
+        if d.get("vis_psnr") is not None and d.get("effect") is not None:
+            vis[d["mimic"]].append((d["vis_psnr"], d["effect"]))
+    figs.append(
+        (
+            svg_plot(
+                [(k, [p[0] for p in v], [p[1] for p in v]) for k, v in vis.items()],
+                "PSNR of the protected files (dB)",
+                "protection effect",
+                lines=False,
+            ),
+            "Protection vs visibility: each point a defence (higher PSNR = less visible).",
+        )
+    )
+    cond = [c for c in summary["conditions"] if c["retained"] is not None]
+    attacks = sorted({c["attack"] for c in cond})
+    keys = sorted({(c["defence"], c["mimic"]) for c in cond})
+    lookup = {(c["defence"], c["mimic"], c["attack"]): c["retained"] for c in cond}
+    bar_series = [(f"{d} {m}", [lookup.get((d, m, a)) for a in attacks]) for d, m in keys]
+    figs.append(
+        (
+            svg_bars(attacks, bar_series, "retained fraction"),
+            "Retained fraction per attack: the share of the unattacked protection effect left after purification "
+            "(1 = untouched, 0 = removed; averaged over artists when several).",
+        )
+    )
+    return (
+        '<div class="plots">'
+        + "".join(f"<figure>{svg}<figcaption>{cap}</figcaption></figure>" for svg, cap in figs)
+        + "</div>"
+    )
+
+
+def _training_grid(out_dir: Path, config: EvalConfig) -> str:
+    """Rows: clean, each defence, each defence after each attack (first seed, first 4 images)."""
+    parts = []
+    seed = config.seeds[0]
+    for artist in config.artists:
+        base = out_dir / "images" / artist.name
+        clean_dir = base / "clean"
+        names = tuple(sorted(p.stem for p in clean_dir.glob("*.png")))[:4]
+        if not names:
+            continue
+        rows = [("clean", NO_ATTACK, clean_dir)]
+        for d in config.defences:
+            rows.append((d.name, NO_ATTACK, base / d.name / f"seed{seed}"))
+            rows += [(d.name, a, base / d.name / f"seed{seed}" / data.slug(a)) for a in config.attacks]
+        if config.attack_clean:
+            rows += [("clean", a, clean_dir / f"seed{seed}" / data.slug(a)) for a in config.attacks]
+        body = []
+        for defence, attack, folder in rows:
+            images = data.load_set(folder, names)
+            if images is None:
+                continue
+            cells = "".join(_png(im, THUMB) for im in images)
+            body.append(
+                f'<tr><td class="l">{html.escape(defence)}</td><td class="l">{html.escape(attack)}</td>'
+                f"<td>{cells}</td></tr>"
+            )
+        parts.append(
+            f"<h3>{html.escape(artist.name)}</h3><table><tr><th class='l'>defence</th><th class='l'>attack"
+            f"</th><th>training images (seed {seed})</th></tr>{''.join(body)}</table>"
+        )
+    return "".join(parts)
+
+
+def _generation_grid(out_dir: Path, config: EvalConfig, rows: Sequence[dict[str, Any]]) -> str:
+    seed = config.seeds[0]
+    mimics = [m.name for m in config.mimics]
+    by = {(r["artist"], r["defence"], r["attack"], r["mimic"]): r for r in rows if r["seed"] == seed}
+    parts = []
+    for artist in config.artists:
+        conds = sorted(
+            {(r["defence"], r["attack"]) for r in rows if r["artist"] == artist.name},
+            key=lambda c: (c[0] != CLEAN, c[0], c[1] != NO_ATTACK, c[1]),
+        )
+        body = []
+        for defence, attack in conds:
+            cells = []
+            for m in mimics:
+                r = by.get((artist.name, defence, attack, m))
+                if r is None:
+                    cells.append("<td></td>")
+                elif r["status"] != "ok":
+                    cells.append(f'<td class="l fail">{html.escape(str(r.get("error", ""))[:120])}</td>')
+                else:
+                    strip = np.asarray(Image.open(out_dir / r["generations"]).convert("RGB"))
+                    cells.append(f'<td class="l">{_png(strip, 64)}<br>score {_fmt(r.get("score"))}</td>')
+            body.append(
+                f'<tr><td class="l">{html.escape(defence)}</td><td class="l">{html.escape(attack)}</td>'
+                + "".join(cells)
+                + "</tr>"
+            )
+        head = "".join(f"<th class='l'>{html.escape(m)}</th>" for m in mimics)
+        parts.append(
+            f"<h3>{html.escape(artist.name)}</h3><table><tr><th class='l'>defence</th><th class='l'>attack"
+            f"</th>{head}</tr>{''.join(body)}</table>"
+        )
+    return "".join(parts)
+
+
+def write_report(
+    out_dir: Path,
+    config: EvalConfig,
+    rows: Sequence[dict[str, Any]],
+    summary: dict[str, list[dict[str, Any]]],
+    run_info: dict[str, Any],
+) -> Path:
+    """Write ``out_dir/report.html`` (self-contained) and return its path."""
+    failed = [r for r in rows if r.get("status") != "ok"]
+    score_names = sorted({r["score_name"] for r in rows if r.get("score_name")})
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>cloak eval: {html.escape(config.name)}</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>cloak eval: {html.escape(config.name)}</h1>",
+        f"<p>model <b>{html.escape(config.model)}</b> on {html.escape(str(run_info.get('device')))}; seeds "
+        f"{', '.join(map(str, config.seeds))}; {len(rows)} of {run_info.get('cells')} cells recorded, "
+        f"{len(failed)} failed; git {html.escape(str(run_info.get('git')))}; started {run_info.get('started')}, "
+        f"finished {run_info.get('finished')}.</p>",
+        f"<p>Mimicry score: {html.escape(', '.join(score_names) or 'none')} (higher = better mimicry). Protection "
+        "effect = score of the mimic trained on clean images minus score with the protection (and attack); "
+        "compare it with the clean baseline's seed spread. Worst case = the attack (or none) that leaves the "
+        "least effect.</p>",
+        "<h2>Summary</h2>",
+        _table(
+            summary["defences"],
+            (
+                "artist",
+                "defence",
+                "mimic",
+                "method",
+                "eps",
+                "vis_linf",
+                "vis_psnr",
+                "vis_ssim",
+                "vis_lpips",
+                "effect",
+                "worst_attack",
+                "worst_effect",
+                "clean_spread",
+            ),
+            left=4,
+        ),
+        "<h2>Plots</h2>",
+        _plots(summary),
+        "<h2>Training images</h2>",
+        _training_grid(out_dir, config),
+        "<h2>Generations</h2>",
+        f"<p>Seed {config.seeds[0]}; up to 8 per cell.</p>",
+        _generation_grid(out_dir, config, rows),
+        "<h2>Conditions</h2>",
+        _table(
+            summary["conditions"],
+            ("artist", "defence", "attack", "mimic", "n_seeds", "score", "effect", "retained"),
+            left=4,
+        ),
+        "<h2>All cells</h2>",
+        _table(
+            rows,
+            (
+                "artist",
+                "defence",
+                "attack",
+                "mimic",
+                "seed",
+                "status",
+                "score",
+                "success",
+                "style_similarity",
+                "fd",
+                "clip_score",
+                "sharpness",
+                "seconds",
+                "error",
+            ),
+            left=4,
+        ),
+        "</body></html>",
+    ]
+    path = out_dir / "report.html"
+    atomic_write_bytes(path, "\n".join(parts).encode("utf-8"))
+    return path

@@ -1,0 +1,506 @@
+"""Run an evaluation grid: protect, purify, mimic, measure, for every cell; resumable; one report.
+
+A cell is one (artist, defence, attack, mimic, seed). The clean baseline (defence "clean") and the unattacked
+images (attack "none") are always part of the grid. Protected and purified images are cached per (defence,
+seed) and (defence, seed, attack) as PNG files; finished cells are recorded in ``results.json`` after each one
+and skipped on a re-run; a failing cell is recorded with its error and the others go on.
+
+Seeds are paired across conditions: seed ``s`` draws the same purification parameters, fine-tune batches and
+noise, and sampling noise for every defence, so conditions differ only by their images.
+
+Outputs in ``out_dir``: ``results.json`` (cells + summary), ``results.csv`` (one row per cell), ``run.json``
+(config, versions, seeds, git revision), ``report.html`` (self-contained), ``images/`` (the cached training
+images), ``generations/`` (one PNG grid per cell), ``failures.log`` (tracebacks of failed cells).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import platform
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cloak.errors import CloakError, ConfigError
+from cloak.imageio import atomic_write_bytes, atomic_write_json
+from eval import data
+from eval import metrics as M
+from eval.config import ArtistSpec, DefenceSpec, EvalConfig, MimicSpec, load_config
+from eval.mimics import finetune, generate, img2img
+from eval.summary import CLEAN, NO_ATTACK, summarise
+
+CSV_COLUMNS = (
+    "artist",
+    "defence",
+    "method",
+    "eps",
+    "attack",
+    "mimic",
+    "mimic_kind",
+    "seed",
+    "status",
+    "score",
+    "score_name",
+    "success",
+    "style_similarity",
+    "fd",
+    "clip_score",
+    "sharpness",
+    "vis_linf",
+    "vis_psnr",
+    "vis_ssim",
+    "vis_lpips",
+    "n_generated",
+    "seconds",
+    "error",
+)
+# Errors a cell may raise that should not stop the others: our own, torch's (RuntimeError, out-of-memory
+# included), bad values from the libraries, and files that cannot be read or written.
+CELL_ERRORS = (CloakError, RuntimeError, ValueError, OSError)
+GRID_IMAGES = 8  # generations kept per cell for the report
+# Independent random streams per seed (the same for every defence, so conditions are paired).
+_ATTACK, _FINETUNE, _SAMPLE, _CLASS, _CLOAK = range(1, 6)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid."""
+
+    artist: str
+    defence: str
+    attack: str  # an attack spec, or "none"
+    mimic: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """The cell's id in ``results.json``."""
+        return f"{self.artist}|{self.defence}|{self.attack}|{self.mimic}|{self.seed}"
+
+
+def plan(config: EvalConfig) -> list[Cell]:
+    """Every cell of the grid, ordered so that cached images are reused while they are fresh."""
+    cells = []
+    for artist in config.artists:
+        for seed in config.seeds:
+            for defence in (CLEAN, *(d.name for d in config.defences)):
+                attacks = (NO_ATTACK, *config.attacks) if defence != CLEAN or config.attack_clean else (NO_ATTACK,)
+                for attack in attacks:
+                    for mimic in config.mimics:
+                        cells.append(Cell(artist.name, defence, attack, mimic.name, seed))
+    return cells
+
+
+def _stream(seed: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1000 + stream)
+
+
+def git_revision() -> str | None:
+    """``git describe --always --dirty`` of the source tree this package runs from, or None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty", "--abbrev=40"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of Python and the packages that decide the results."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in ("artcloak", "torch", "diffusers", "transformers", "peft", "open_clip_torch", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+class _Grid:
+    """Loaded models, artists' images and caches shared by the cells of one run."""
+
+    def __init__(self, config: EvalConfig, out_dir: Path, device: str | None) -> None:
+        from cloak.models import load_components
+
+        self.config = config
+        self.out = out_dir
+        dtype = getattr(torch, config.dtype)
+        self.components = load_components(config.model, device=device or config.device, dtype=dtype)
+        self.judge = self._load_judge()
+        self.clip, self.clip_tokenizer = self._load_clip()
+        self.lpips = None
+        if config.metrics.lpips:
+            from cloak.models import load_lpips
+
+            self.lpips = load_lpips(self.components.device, download=False)
+        self.artists = {a.name: a for a in config.artists}
+        self.defences = {d.name: d for d in config.defences}
+        self.mimics = {m.name: m for m in config.mimics}
+        self._images: dict[str, data.ArtistImages] = {}
+        self._ref_feats: dict[str, torch.Tensor] = {}
+        self._cloakers: dict[str, Any] = {}
+        self._visibility: dict[tuple[str, str, int], dict[str, float | None]] = {}
+
+    def _load_judge(self):
+        spec = self.config.metrics.judge
+        if not spec:
+            return None
+        from cloak.testbed.judge import load_judge
+
+        if spec == "testbed":
+            from cloak.models import TESTBED
+
+            if self.config.model != TESTBED and (Path(self.config.model) / "judge").is_dir():
+                return load_judge(self.components.device, Path(self.config.model) / "judge")
+            return load_judge(self.components.device)
+        return load_judge(self.components.device, Path(spec).expanduser())
+
+    def _load_clip(self):
+        spec = self.config.metrics.clip
+        if not spec:
+            return None, None
+        import open_clip
+
+        from cloak.models import load_open_clip
+
+        arch, _, tag = spec.partition(":")
+        clip = load_open_clip(arch, None if tag in ("", "none") else tag, device=str(self.components.device))
+        return clip, open_clip.get_tokenizer(arch)
+
+    # ------------------------------------------------------------------------------------------------ images
+
+    def artist_images(self, name: str) -> data.ArtistImages:
+        if name not in self._images:
+            images = data.load_artist(self.artists[name], self.components.resolution)
+            data.save_set(self.out / "images" / name / "clean", images.names, list(images.train))
+            self._images[name] = images
+        return self._images[name]
+
+    def protected(self, artist: str, defence: str, seed: int) -> list[np.ndarray]:
+        """The training images as the defence leaves them (cached), and their visibility recorded."""
+        images = self.artist_images(artist)
+        if defence == CLEAN:
+            return list(images.train)
+        folder = self.out / "images" / artist / defence / f"seed{seed}"
+        cached = data.load_set(folder, images.names)
+        if cached is None:
+            spec = self.defences[defence]
+            if spec.precomputed is not None:
+                cached = data.load_precomputed(spec, artist, images.names, self.components.resolution)
+            else:
+                cached = [self._cloak(spec, rgb, seed * 100_003 + i) for i, rgb in enumerate(images.train)]
+            data.save_set(folder, images.names, cached)
+        if (artist, defence, seed) not in self._visibility:
+            self._visibility[(artist, defence, seed)] = M.visibility(images.train, cached, self.lpips)
+        return cached
+
+    def _cloak(self, spec: DefenceSpec, rgb: np.ndarray, seed: int) -> np.ndarray:
+        from cloak.protect import Cloaker
+
+        if spec.name not in self._cloakers:
+            self._cloakers[spec.name] = Cloaker(self.components, spec.cloak_config(), lpips_model=self.lpips)
+        return self._cloakers[spec.name].protect(rgb, seed=seed).image
+
+    def attacked(self, artist: str, defence: str, attack: str, seed: int) -> list[np.ndarray]:
+        """The protected images after the attacker's purification (cached), as 8-bit files."""
+        protected = self.protected(artist, defence, seed)
+        if attack == NO_ATTACK:
+            return protected
+        names = self.artist_images(artist).names
+        folder = self.out / "images" / artist / defence / f"seed{seed}" / data.slug(attack)
+        cached = data.load_set(folder, names)
+        if cached is None:
+            from attacks import parse_spec
+
+            purifier = parse_spec(attack, self.components)
+            with torch.no_grad():
+                x = data.to_batch(protected).to(self.components.device)
+                cached = data.from_batch(purifier(x, _stream(seed, _ATTACK)))
+            data.save_set(folder, names, cached)
+        return cached
+
+    def class_images(self, mimic: MimicSpec, seed: int) -> torch.Tensor | None:
+        """Prior-preservation class images from the base model (cached per class prompt, count and seed)."""
+        ft = mimic.finetune
+        if not ft.prior_preservation:
+            return None
+        key = f"{ft.class_prompt}|{ft.num_class_images}|{ft.class_inference_steps}"
+        folder = self.out / "images" / "_class" / data.slug(key) / f"seed{seed}"
+        names = tuple(f"{i:04d}" for i in range(ft.num_class_images))
+        cached = data.load_set(folder, names)
+        if cached is None:
+            x = generate(
+                self.components,
+                ft.class_prompt,
+                ft.num_class_images,
+                ft.class_inference_steps,
+                7.5,
+                _stream(seed, _CLASS),
+                self.config.generation.batch_size,
+            )
+            cached = data.from_batch(x)
+            data.save_set(folder, names, cached)
+        return data.to_batch(cached)
+
+    # ------------------------------------------------------------------------------------------------ cells
+
+    def mimic(self, cell: Cell, train: list[np.ndarray]) -> tuple[torch.Tensor, list[str]]:
+        """Run the cell's mimic on its training images: generations ``(N, 3, R, R)`` and their prompts."""
+        spec = self.mimics[cell.mimic]
+        gen_cfg = self.config.generation
+        x = data.to_batch(train)
+        if spec.kind == "img2img":
+            out = img2img(
+                self.components,
+                x,
+                spec.prompt,
+                spec.strength,
+                gen_cfg.num_inference_steps,
+                gen_cfg.guidance_scale,
+                _stream(cell.seed, _SAMPLE),
+            )
+            return out, [spec.prompt] * out.shape[0]
+        tuned = finetune(
+            self.components,
+            x,
+            spec.finetune,
+            _stream(cell.seed, _FINETUNE),
+            class_images=self.class_images(spec, cell.seed),
+        )
+        sampler = _stream(cell.seed, _SAMPLE)
+        images, prompts = [], []
+        for prompt in gen_cfg.prompts:
+            images.append(
+                generate(
+                    tuned,
+                    prompt,
+                    gen_cfg.n,
+                    gen_cfg.num_inference_steps,
+                    gen_cfg.guidance_scale,
+                    sampler,
+                    gen_cfg.batch_size,
+                )
+            )
+            prompts += [prompt] * gen_cfg.n
+        return torch.cat(images), prompts
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Features for style similarity and Frechet distance: the judge's when there is one, else CLIP's."""
+        if self.judge is not None:
+            return self.judge.features(images).float().cpu()
+        return M.clip_image_features(self.clip, images)
+
+    def measure(self, artist: ArtistSpec, images: torch.Tensor, prompts: list[str]) -> dict[str, Any]:
+        """Every mimicry metric of one cell's generations."""
+        row: dict[str, Any] = {"n_generated": int(images.shape[0]), "sharpness": M.sharpness(images)}
+        if self.judge is not None and artist.style is not None and artist.style in self.judge.style_names:
+            row["success"] = M.judge_success(self.judge, images, artist.style)
+        if self.judge is not None or self.clip is not None:
+            if artist.name not in self._ref_feats:
+                self._ref_feats[artist.name] = self.features(data.to_batch(self.artist_images(artist.name).heldout))
+            ref = self._ref_feats[artist.name]
+            feats = self.features(images)
+            row["style_similarity"] = M.style_similarity(feats, ref)
+            row["fd"] = M.frechet_distance(feats, ref) if feats.shape[0] >= 2 else None
+        if self.clip is not None:
+            text = M.clip_text_features(self.clip, self.clip_tokenizer, prompts)
+            row["clip_score"] = M.clip_score(M.clip_image_features(self.clip, images), text)
+        if row.get("success") is not None:
+            row["score"], row["score_name"] = row["success"], "success"
+        elif row.get("style_similarity") is not None:
+            row["score"], row["score_name"] = row["style_similarity"], "style_similarity"
+        return row
+
+    def run_cell(self, cell: Cell) -> dict[str, Any]:
+        start = time.perf_counter()
+        spec = self.defences.get(cell.defence)
+        row: dict[str, Any] = {
+            "artist": cell.artist,
+            "defence": cell.defence,
+            "attack": cell.attack,
+            "mimic": cell.mimic,
+            "seed": cell.seed,
+            "mimic_kind": self.mimics[cell.mimic].kind,
+            "method": None if spec is None else (spec.method or "precomputed"),
+            "eps": None if spec is None else spec.eps,
+        }
+        train = self.attacked(cell.artist, cell.defence, cell.attack, cell.seed)
+        vis = self._visibility.get((cell.artist, cell.defence, cell.seed))
+        if vis is not None:
+            row.update({f"vis_{k}": v for k, v in vis.items()})
+        images, prompts = self.mimic(cell, train)
+        row.update(self.measure(self.artists[cell.artist], images, prompts))
+        grid = data.from_batch(images[:GRID_IMAGES])
+        path = self.out / "generations" / f"{data.slug(cell.key)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save_strip(path, grid)
+        row["generations"] = str(path.relative_to(self.out))
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        row["status"] = "ok"
+        return row
+
+
+def _save_strip(path: Path, images: list[np.ndarray]) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.concatenate(images, axis=1)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_rows(path: Path) -> dict[str, dict[str, Any]]:
+    import json
+
+    if not path.is_file():
+        return {}
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    except ValueError as err:
+        raise ConfigError(
+            f"cannot resume from {path}: not valid JSON ({err}); delete it or pass resume=False."
+        ) from None
+    return {r["key"]: r for r in cells}
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The tidy table: one row per cell, ``CSV_COLUMNS`` in order (empty = not measured)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_COLUMNS})
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def run(
+    config_path_or_name: str | Path,
+    out_dir: Path,
+    resume: bool = True,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> int:
+    """Run an evaluation grid and write its results and report into ``out_dir``.
+
+    Args:
+        config_path_or_name: a TOML file or a built-in config name (``quick``, ``paper-style``, ``paper-face``).
+        out_dir: the output folder (created).
+        resume: skip the cells ``out_dir/results.json`` records as finished (failed cells run again); False
+            starts the grid afresh (cached images are still reused: they depend only on config and seed).
+        device: overrides the config's ``device`` ("auto", "cpu", "cuda", ...).
+        progress: show rich progress bars (on stderr).
+        log: called with one line per finished or failed cell; default prints through rich.
+
+    Returns:
+        The exit code: 0 when every cell finished, 1 when some failed (see ``failures.log``).
+
+    Raises:
+        ConfigError: a bad config (the message names the file and key) or an unreadable ``results.json``.
+        ModelNotFoundError: the model, judge or CLIP weights cannot be loaded.
+    """
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    config = load_config(config_path_or_name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True, quiet=not progress)
+    log = log or console.print
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    cells = plan(config)
+    done = _load_rows(out_dir / "results.json") if resume else {}
+    rows = {k: r for k, r in done.items() if r.get("status") == "ok"}
+    run_info = {
+        "config": config.to_dict(),
+        "config_file": config.source,
+        "versions": versions(),
+        "git": git_revision(),
+        "seeds": list(config.seeds),
+        "started": started,
+        "cells": len(cells),
+        "resumed_cells": len(rows),
+        "torch_threads": torch.get_num_threads(),
+    }
+    atomic_write_json(out_dir / "run.json", run_info)
+    grid = _Grid(config, out_dir, device)
+    run_info["device"] = str(grid.components.device)
+    failures: list[str] = []
+    todo = [c for c in cells if c.key not in rows]
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task("cells", total=len(cells), completed=len(cells) - len(todo))
+        for cell in todo:
+            bar.update(task, description=f"{cell.artist} {cell.defence} {cell.attack} {cell.mimic} s{cell.seed}")
+            try:
+                row = grid.run_cell(cell)
+            except CELL_ERRORS as err:
+                message = f"{type(err).__name__}: {err}"
+                row = {
+                    "artist": cell.artist,
+                    "defence": cell.defence,
+                    "attack": cell.attack,
+                    "mimic": cell.mimic,
+                    "seed": cell.seed,
+                    "status": "failed",
+                    "error": message,
+                }
+                failures.append(f"== {cell.key}\n{traceback.format_exc()}")
+                log(f"[red]failed[/red] {cell.key}: {message}")
+            else:
+                log(f"done {cell.key}: score {row.get('score')} in {row['seconds']} s")
+            row["key"] = cell.key
+            rows[cell.key] = _finite(row)
+            _write_results(out_dir, config, cells, rows)
+            bar.advance(task)
+    ordered = [rows[c.key] for c in cells if c.key in rows]
+    summary = _write_results(out_dir, config, cells, rows)
+    write_csv(out_dir / "results.csv", ordered)
+    if failures:
+        atomic_write_bytes(out_dir / "failures.log", "\n".join(failures).encode("utf-8"))
+    from eval.report import write_report
+
+    run_info.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), failed_cells=len(failures))
+    atomic_write_json(out_dir / "run.json", run_info)
+    write_report(out_dir, config, ordered, summary, run_info)
+    return 1 if failures else 0
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """NaN and infinity -> None (strict JSON; e.g. the PSNR of an unchanged image)."""
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in row.items()}
+
+
+def _write_results(out_dir: Path, config: EvalConfig, cells: list[Cell], rows: dict[str, dict[str, Any]]) -> dict:
+    ordered = [rows[c.key] for c in cells if c.key in rows]
+    summary = summarise(ordered)
+    atomic_write_json(out_dir / "results.json", {"config": config.name, "cells": ordered, "summary": summary})
+    return summary

@@ -1,0 +1,91 @@
+"""From per-cell rows to the figures a reader wants: protection effect, retained fraction, worst case, noise.
+
+Rows are the dicts the runner writes to ``results.json`` (one per (artist, defence, attack, mimic, seed)). The
+mimicry ``score`` of a row is the judge's success rate when the artist is a testbed style, else the style
+similarity; higher = better mimicry. Every effect is measured against the clean, unattacked baseline of the
+same artist and mimic (the attacker can always choose not to purify), averaged over seeds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from statistics import fmean
+from typing import Any
+
+from eval.metrics import protection_effect, retained_fraction, seed_spread, worst_case
+
+CLEAN = "clean"
+NO_ATTACK = "none"
+
+
+def _mean_scores(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, str], list[float]]:
+    by: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get("status") == "ok" and r.get("score") is not None:
+            by[(r["artist"], r["defence"], r["attack"], r["mimic"])].append(r["score"])
+    return by
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Aggregate finished cells.
+
+    Returns:
+        ``{"conditions": [...], "defences": [...]}``. A condition is one (artist, defence, attack, mimic) with
+        ``score`` (mean over seeds), ``n_seeds``, ``effect`` (``protection_effect`` vs the clean unattacked
+        baseline; None without one) and ``retained`` (``retained_fraction`` vs the same defence unattacked). A
+        defence entry is one (artist, defence, mimic) with ``effect`` (unattacked), ``worst_attack`` and
+        ``worst_effect`` (``worst_case`` over its attacks, "none" included), ``clean_spread`` (``seed_spread``
+        of the clean baseline) and the defence's mean visibility figures.
+    """
+    scores = _mean_scores(rows)
+    means = {k: fmean(v) for k, v in scores.items()}
+    conditions = []
+    for (artist, defence, attack, mimic), score in sorted(means.items()):
+        base = means.get((artist, CLEAN, NO_ATTACK, mimic))
+        effect = None if base is None else protection_effect(base, score)
+        unattacked = means.get((artist, defence, NO_ATTACK, mimic))
+        retained = None
+        if defence != CLEAN and attack != NO_ATTACK and base is not None and unattacked is not None:
+            retained = retained_fraction(effect, protection_effect(base, unattacked))
+        conditions.append(
+            {
+                "artist": artist,
+                "defence": defence,
+                "attack": attack,
+                "mimic": mimic,
+                "score": score,
+                "n_seeds": len(scores[(artist, defence, attack, mimic)]),
+                "effect": effect,
+                "retained": retained,
+            }
+        )
+    vis: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    meta: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            meta[(r["artist"], r["defence"])] = {"method": r.get("method"), "eps": r.get("eps")}
+            for key in ("vis_linf", "vis_psnr", "vis_ssim", "vis_lpips"):
+                if r.get(key) is not None:
+                    vis[(r["artist"], r["defence"])][key].append(r[key])
+    defences = []
+    groups: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    for c in conditions:
+        if c["defence"] != CLEAN and c["effect"] is not None:
+            groups[(c["artist"], c["defence"], c["mimic"])][c["attack"]] = c["effect"]
+    for (artist, defence, mimic), effects in sorted(groups.items()):
+        worst_attack, worst_effect = worst_case(effects)
+        clean_scores = scores.get((artist, CLEAN, NO_ATTACK, mimic), [])
+        entry = {
+            "artist": artist,
+            "defence": defence,
+            "mimic": mimic,
+            **meta.get((artist, defence), {}),
+            "effect": effects.get(NO_ATTACK),
+            "worst_attack": worst_attack,
+            "worst_effect": worst_effect,
+            "clean_spread": seed_spread(clean_scores) if clean_scores else None,
+        }
+        entry.update({k: fmean(v) for k, v in vis[(artist, defence)].items()})
+        defences.append(entry)
+    return {"conditions": conditions, "defences": defences}

@@ -1,0 +1,408 @@
+"""The evaluation suite on tiny real components: mimics, config, metrics, and the runner end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cloak.errors import ConfigError
+from cloak.testbed.judge import Judge, JudgeConfig, JudgeNet
+from eval import metrics as M
+from eval.config import builtin_configs, load_config
+from eval.mimics import FinetuneConfig, finetune, generate, img2img
+from eval.summary import summarise
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads made these tests
+    about 35 times slower (OpenMP threads waiting on each other)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _images(n: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------------- mimics
+
+
+def test_finetune_changes_a_copy_of_the_unet_and_not_the_callers(tiny_components):
+    before_unet, before_text = _state(tiny_components.unet), _state(tiny_components.text_encoder)
+    cfg = FinetuneConfig(steps=3, lr=1e-3, batch_size=2, train_text_encoder=True)
+    tuned = finetune(tiny_components, _images(), cfg, torch.Generator().manual_seed(0))
+    assert tuned.unet is not tiny_components.unet and tuned.text_encoder is not tiny_components.text_encoder
+    for name, value in _state(tiny_components.unet).items():
+        assert torch.equal(value, before_unet[name]), name
+    for name, value in _state(tiny_components.text_encoder).items():
+        assert torch.equal(value, before_text[name]), name
+    changed = [k for k, v in _state(tuned.unet).items() if not torch.equal(v, before_unet[k])]
+    assert len(changed) > 0.5 * len(before_unet)
+    assert any(not torch.equal(v, before_text[k]) for k, v in _state(tuned.text_encoder).items())
+    assert not any(p.requires_grad for p in tuned.unet.parameters()) and not tuned.unet.training
+
+
+def test_finetune_is_deterministic_under_a_seed(tiny_components):
+    cfg = FinetuneConfig(steps=2, lr=1e-3)
+    a = finetune(tiny_components, _images(), cfg, torch.Generator().manual_seed(3))
+    b = finetune(tiny_components, _images(), cfg, torch.Generator().manual_seed(3))
+    for (k, va), vb in zip(a.unet.state_dict().items(), b.unet.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+def test_lora_trains_only_adapter_parameters(tiny_components):
+    before = _state(tiny_components.unet)
+    cfg = FinetuneConfig(method="lora", steps=3, lr=1e-2)
+    tuned = finetune(tiny_components, _images(), cfg, torch.Generator().manual_seed(0))
+    after = _state(tuned.unet)
+    lora = [k for k in after if "lora_" in k]
+    assert lora and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out.0")) for k in lora)
+    assert all(k.split(".lora_")[0] for k in lora)
+    base_keys = [k for k in after if "lora_" not in k]
+    for k in base_keys:  # peft renames a wrapped layer's weight to <layer>.base_layer.weight
+        original = k.replace(".base_layer", "")
+        assert torch.equal(after[k], before[original]), k
+    assert any(not torch.equal(after[k], torch.zeros_like(after[k])) for k in lora if "lora_B" in k)
+    assert tuned.text_encoder is tiny_components.text_encoder
+
+
+def test_prior_preservation_generates_class_images_and_trains(tiny_components):
+    cfg = FinetuneConfig(steps=2, lr=1e-3, prior_preservation=True, num_class_images=2, class_inference_steps=2)
+    seen = []
+    tuned = finetune(
+        tiny_components,
+        _images(2),
+        cfg,
+        torch.Generator().manual_seed(0),
+        progress=lambda i, n, loss: seen.append((i, n, loss)),
+    )
+    assert [s[:2] for s in seen] == [(1, 2), (2, 2)] and all(math.isfinite(s[2]) for s in seen)
+    assert not torch.equal(next(tuned.unet.parameters()), next(tiny_components.unet.parameters()))
+
+
+def test_finetune_refuses_wrong_images(tiny_components):
+    with pytest.raises(ConfigError, match=r"must be 32x32 px"):
+        finetune(tiny_components, torch.rand(2, 3, 16, 16), FinetuneConfig(steps=1), torch.Generator())
+    with pytest.raises(ConfigError, match=r"in \[0, 1\]"):
+        finetune(tiny_components, torch.rand(2, 3, 32, 32) * 2, FinetuneConfig(steps=1), torch.Generator())
+    with pytest.raises(ConfigError, match="`method` must be one of dreambooth, lora"):
+        FinetuneConfig(method="textual_inversion")
+
+
+def test_generate_is_deterministic_under_a_seed(tiny_components):
+    a = generate(tiny_components, "a painting", 3, 2, 5.0, torch.Generator().manual_seed(1), batch_size=2)
+    b = generate(tiny_components, "a painting", 3, 2, 5.0, torch.Generator().manual_seed(1), batch_size=3)
+    c = generate(tiny_components, "a painting", 3, 2, 5.0, torch.Generator().manual_seed(2))
+    assert a.shape == (3, 3, 32, 32) and 0 <= a.min() and a.max() <= 1
+    assert torch.allclose(a, b, atol=1e-5)
+    assert (a - c).abs().mean() > 1e-3
+
+
+def test_img2img_strength_zero_is_the_vae_round_trip_and_more_strength_moves_further(tiny_components):
+    from cloak.units import from_vae, to_vae
+
+    x = _images(2)
+    out0 = img2img(tiny_components, x, "a painting", 0.0, num_inference_steps=4)
+    vae = tiny_components.vae
+    with torch.no_grad():
+        recon = from_vae(vae.decode(vae.encode(to_vae(x)).latent_dist.mean).sample)
+    assert torch.allclose(out0, recon, atol=1e-5)
+    ref = img2img(tiny_components, x, "a painting", 0.25, 4, generator=torch.Generator().manual_seed(0))
+    far = img2img(tiny_components, x, "a painting", 1.0, 4, generator=torch.Generator().manual_seed(0))
+    assert (ref - recon).abs().mean() < (far - recon).abs().mean()
+    with pytest.raises(ConfigError, match=r"`strength` must be in \[0, 1\], got 1.5"):
+        img2img(tiny_components, x, "a painting", 1.5)
+
+
+# ------------------------------------------------------------------------------------------------- metrics
+
+
+def test_frechet_distance_of_identical_sets_is_zero_and_grows_with_a_shift():
+    f = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    assert M.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
+    assert M.frechet_distance(f, f + 2.0) == pytest.approx(8 * 4.0, rel=1e-6)  # ||mu_a - mu_b||^2, same covariance
+
+
+def test_style_similarity_and_clip_score_known_values():
+    ref = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert M.style_similarity(torch.tensor([[2.0, 0.0]]), ref) == pytest.approx(1.0)
+    assert M.style_similarity(torch.tensor([[0.0, 1.0], [-1.0, 0.0]]), ref) == pytest.approx(-0.5)
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert M.clip_score(img, torch.tensor([[1.0, 0.0], [0.0, -1.0]])) == pytest.approx(50.0)
+
+
+def test_judge_success_counts_the_artists_style():
+    judge = Judge(
+        JudgeNet(JudgeConfig(style_names=("a", "b"), widths=(4,), resolution=32)), JudgeConfig(("a", "b"), (4,), 32)
+    )
+    x = _images(6)
+    pred = judge.predict(x)
+    assert M.judge_success(judge, x, "a") == pytest.approx(float((pred == 0).float().mean()))
+    assert M.judge_success(judge, x, "a") + M.judge_success(judge, x, "b") == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="does not know the style 'c'"):
+        M.judge_success(judge, x, "c")
+
+
+def test_sharpness_and_visibility():
+    flat = torch.full((2, 3, 32, 32), 0.5)
+    assert M.sharpness(flat) == 0.0
+    assert M.sharpness(_images(2)) > M.sharpness(torch.nn.functional.avg_pool2d(_images(2), 3, 1, 1))
+    a = np.full((16, 16, 3), 100, np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 104
+    vis = M.visibility([a, a], [a, b])
+    assert vis["linf"] == 4 and vis["psnr"] == pytest.approx(10 * math.log10(255**2 / (16 / 768)))
+    assert vis["lpips"] is None and vis["ssim"] < 1
+
+
+def test_fit_square_resizes_the_short_side_and_centre_crops():
+    from eval.data import fit_square
+
+    rgb = np.zeros((40, 80, 3), np.uint8)
+    rgb[:, 40:] = 255  # black left half, white right half
+    out = fit_square(rgb, 32)  # 40x80 -> 32x64 -> the centre 32 columns: 16 black, then 16 white
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert out[:, :13].max() < 20 and out[:, 19:].min() > 235
+
+
+def test_protection_figures():
+    assert M.protection_effect(0.9, 0.3) == pytest.approx(0.6)
+    assert M.retained_fraction(0.3, 0.6) == pytest.approx(0.5)
+    assert M.retained_fraction(0.3, 0.0) is None
+    assert M.worst_case({"none": 0.6, "jpeg": 0.1, "blur": 0.4}) == ("jpeg", 0.1)
+    assert M.seed_spread([0.5, 0.8, 0.6]) == pytest.approx(0.3)
+
+
+def test_summary_effect_retained_worst_case_and_spread():
+    def row(defence, attack, seed, score):
+        return {
+            "artist": "x",
+            "defence": defence,
+            "attack": attack,
+            "mimic": "db",
+            "seed": seed,
+            "status": "ok",
+            "score": score,
+            "method": None if defence == "clean" else "encoder",
+            "eps": None,
+            "vis_psnr": 35.0,
+        }
+
+    rows = [
+        row("clean", "none", 0, 0.9),
+        row("clean", "none", 1, 0.7),
+        row("enc", "none", 0, 0.2),
+        row("enc", "none", 1, 0.2),
+        row("enc", "jpeg", 0, 0.5),
+        row("enc", "jpeg", 1, 0.5),
+    ]
+    s = summarise(rows)
+    (d,) = s["defences"]
+    assert (
+        d["effect"] == pytest.approx(0.6) and d["worst_attack"] == "jpeg" and d["worst_effect"] == pytest.approx(0.3)
+    )
+    assert d["clean_spread"] == pytest.approx(0.2)
+    jpeg = next(c for c in s["conditions"] if c["attack"] == "jpeg")
+    assert jpeg["retained"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------------- config
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+model = "m"
+[[artists]]
+style = "marbling"
+[[mimics]]
+kind = "dreambooth"
+"""
+
+
+def test_builtin_configs_parse():
+    assert {"quick", "paper-style", "paper-face"} <= set(builtin_configs())
+    quick = load_config("quick")
+    assert quick.model == "testbed" and len(quick.defences) >= 3 and len(quick.attacks) >= 5
+    assert {m.kind for m in quick.mimics} >= {"dreambooth", "lora"} and len(quick.seeds) >= 2
+    face = load_config("paper-face")
+    db = next(m for m in face.mimics if m.kind == "dreambooth").finetune
+    assert db.prior_preservation and db.train_text_encoder and db.lr == 5e-7 and db.steps == 1000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            MINIMAL.replace('kind = "dreambooth"', 'kind = "dreambooth"\nlr = "fast"'),
+            r"\[\[mimics\]\] #1: `lr` must be a number, got 'fast'",
+        ),
+        (
+            MINIMAL.replace('kind = "dreambooth"', 'kind = "dreambooth"\nlearning_rate = 1'),
+            "unknown key `learning_rate`",
+        ),
+        (
+            MINIMAL.replace('kind = "dreambooth"', 'kind = "textual"'),
+            "`kind` must be one of dreambooth, lora, img2img",
+        ),
+        (
+            MINIMAL.replace('style = "marbling"', 'style = "baroque"'),
+            r"\[\[artists\]\] #1: `style` must be a testbed style",
+        ),
+        (
+            MINIMAL + "[[defences]]\nmethod = 'encoder'\neps = 0.03\n",
+            r"\[\[defences\]\] #1: `eps` must be in \(0, 255\]",
+        ),
+        (MINIMAL + "[[defences]]\nmethod = 'encoder'\n", "the key `eps`"),
+        (MINIMAL + "[[defences]]\nmethod = 'nope'\neps = 8\n", "unknown method 'nope'"),
+        ("attacks = ['jpeg:quality=500']\n" + MINIMAL, "`attacks`"),
+        ("attacks = ['sharpen']\n" + MINIMAL, "unknown attack 'sharpen'"),
+        (MINIMAL.replace('model = "m"', 'model = "m"\nseeds = [1, 1]'), "`seeds` must be distinct"),
+        (MINIMAL.replace('model = "m"\n', ""), "the key `model` is missing"),
+        (MINIMAL + "[generation]\nn = 0\n", r"\[generation\]: `n` must be >= 1"),
+        (MINIMAL + "[[defences]]\nname = 'g'\nprecomputed = 'x'\neps = 8\n", "takes only `name`, got also eps"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(_write(tmp_path, text))
+    assert "grid.toml" in str(info.value)
+
+
+def test_config_unknown_file_or_name():
+    with pytest.raises(ConfigError, match="built-in name"):
+        load_config("no-such-grid")
+
+
+def test_img2img_strength_list_expands_to_a_sweep(tmp_path):
+    cfg = load_config(_write(tmp_path, MINIMAL + "[[mimics]]\nkind = 'img2img'\nstrength = [0.2, 0.6]\n"))
+    assert [(m.name, m.strength) for m in cfg.mimics[1:]] == [("img2img-0.2", 0.2), ("img2img-0.6", 0.6)]
+
+
+# ------------------------------------------------------------------------------------------------- runner
+
+
+@pytest.fixture
+def micro_grid(tmp_path, tiny_model_dir):
+    """A micro config: a folder artist, a precomputed defence, an encoder cloak, one attack, three mimics."""
+    rng = np.random.default_rng(0)
+    art, glazed = tmp_path / "art", tmp_path / "glazed" / "alice"
+    art.mkdir()
+    glazed.mkdir(parents=True)
+    for i in range(5):
+        rgb = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+        Image.fromarray(rgb).save(art / f"p{i}.png")
+        Image.fromarray(np.clip(rgb.astype(int) + 3, 0, 255).astype(np.uint8)).save(glazed / f"p{i}.png")
+    judge_cfg = JudgeConfig(style_names=("a", "b"), widths=(4,), resolution=32)
+    torch.manual_seed(0)
+    Judge(JudgeNet(judge_cfg), judge_cfg).save(tmp_path / "judge")
+    text = f"""
+name = "micro"
+model = "{tiny_model_dir}"
+device = "cpu"
+seeds = [0]
+attacks = ["jpeg:quality=50"]
+
+[[artists]]
+name = "alice"
+folder = "art"
+n_train = 3
+
+[[defences]]
+name = "glaze"
+precomputed = "{tmp_path}/glazed/{{artist}}"
+
+[[defences]]
+method = "encoder"
+eps = 8
+steps = 2
+
+[[mimics]]
+kind = "dreambooth"
+steps = 2
+lr = 1e-3
+batch_size = 2
+
+[[mimics]]
+kind = "lora"
+steps = 2
+lr = 1e-3
+
+[[mimics]]
+kind = "img2img"
+strength = 0.5
+
+[generation]
+n = 2
+num_inference_steps = 2
+guidance_scale = 3.0
+
+[metrics]
+judge = "judge"
+"""
+    return _write(tmp_path, text.replace('judge = "judge"', f'judge = "{tmp_path}/judge"'))
+
+
+def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
+    from eval.runner import CSV_COLUMNS, run
+
+    out = tmp_path / "out"
+    assert run(micro_grid, out, progress=False, log=lambda s: None) == 0
+    for name in ("results.json", "results.csv", "run.json", "report.html"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    cells = results["cells"]
+    assert len(cells) == 3 + 2 * 2 * 3  # clean x 3 mimics + 2 defences x (none, jpeg) x 3 mimics
+    assert all(c["status"] == "ok" for c in cells)
+    assert all(c["score_name"] == "style_similarity" and -1 <= c["score"] <= 1 for c in cells)
+    glaze = next(c for c in cells if c["defence"] == "glaze" and c["attack"] == "none")
+    assert glaze["vis_linf"] == 3.0 and glaze["method"] == "precomputed"
+    enc = next(c for c in cells if c["defence"] == "encoder-8" and c["attack"] == "none")
+    assert 0 < enc["vis_linf"] <= 8
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(cells) and tuple(table[0]) == CSV_COLUMNS
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["config"]["name"] == "micro" and run_info["seeds"] == [0] and "torch" in run_info["versions"]
+    report = (out / "report.html").read_text()
+    assert "data:image/png;base64," in report and report.count("<svg") == 3 and "glaze" in report
+    assert {d["defence"] for d in results["summary"]["defences"]} == {"glaze", "encoder-8"}
+
+    lines = []
+    assert run(micro_grid, out, progress=False, log=lines.append) == 0
+    assert lines == []  # every cell was finished: nothing ran again
+    again = json.loads((out / "results.json").read_text())["cells"]
+    assert [c["score"] for c in again] == [c["score"] for c in cells]
+
+
+def test_runner_records_a_failing_cell_and_keeps_the_others(micro_grid, tmp_path):
+    from eval.runner import run
+
+    (tmp_path / "glazed" / "alice" / "p1.png").unlink()  # the precomputed defence now lacks a file
+    out = tmp_path / "out"
+    assert run(micro_grid, out, progress=False, log=lambda s: None) == 1
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    failed = [c for c in cells if c["status"] == "failed"]
+    assert failed and all(c["defence"] == "glaze" for c in failed)
+    assert "lacks protected copies of p1" in failed[0]["error"]
+    assert sum(c["status"] == "ok" for c in cells) == len(cells) - len(failed)
+    assert "lacks protected copies" in (out / "failures.log").read_text()
+    assert (out / "report.html").is_file()
