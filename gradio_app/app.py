@@ -28,6 +28,7 @@ Add your images, choose how strong the protection should be, and press **Protect
 The page adds a small, carefully computed change (a "cloak") to each picture that makes it much harder for AI
 image models to learn your style from it. Your files stay on this computer: nothing is uploaded anywhere."""
 
+COMPARISON = {"before": "Before", "after": "After (protected)", "difference": "The change, amplified"}
 PRESET_LABELS = {"fast": "Fast", "default": "Default (recommended)", "strong": "Strong"}
 
 
@@ -108,31 +109,48 @@ def build_app(backend: Backend) -> gr.Blocks:
                 run = gr.Button("3. Protect my images", variant="primary", elem_id="protect")
             with gr.Column(scale=3):
                 report_text = gr.Markdown(elem_id="summary")
-                table = gr.Dataframe(headers=handlers.TABLE_HEADERS, label="Results", interactive=False, wrap=True)
-                gallery = gr.Gallery(
-                    label="Protected images (click one to compare)",
-                    format="png",
-                    columns=4,
-                    height="auto",
-                    allow_preview=False,
-                )
                 with gr.Row():
-                    before = gr.Image(label="Before", type="filepath", format="png", interactive=False)
-                    after = gr.Image(label="After (protected)", type="filepath", format="png", interactive=False)
-                    difference = gr.Image(
-                        label="The change, amplified", type="filepath", format="png", interactive=False
+                    before, after, difference = (
+                        gr.Image(
+                            label=label,
+                            type="filepath",
+                            format="png",
+                            interactive=False,
+                            height=300,
+                            buttons=["download", "fullscreen"],  # no "share": nothing leaves this computer
+                            elem_id=key,
+                        )
+                        for key, label in COMPARISON.items()
                     )
-                measures = gr.Markdown()
-                archive = gr.File(
-                    label="Download all (zip with the images and their .cloak.json records)",
-                    interactive=False,
-                    elem_id="download-all",
+                measures = gr.Markdown(elem_id="measures")
+                with gr.Row():
+                    archive = gr.File(
+                        label="Download all (zip: images + .cloak.json records)",
+                        interactive=False,
+                        elem_id="download-all",
+                    )
+                    outputs = gr.File(
+                        label="Download each image (PNG)",
+                        file_count="multiple",
+                        interactive=False,
+                        elem_id="download-each",
+                    )
+                gallery = gr.Gallery(
+                    label="All protected images: click one to compare it above",
+                    format="png",
+                    columns=8,
+                    height=150,
+                    fit_columns=False,
+                    object_fit="contain",
+                    allow_preview=False,
+                    buttons=["download"],
                 )
-                outputs = gr.File(
-                    label="Download each image (PNG)",
-                    file_count="multiple",
+                table = gr.Dataframe(
+                    headers=handlers.TABLE_HEADERS,
+                    label="Results",
                     interactive=False,
-                    elem_id="download-each",
+                    wrap=True,
+                    column_widths=["22%", "13%", "13%", "10%", "9%", "9%", "24%"],
                 )
         done_state = gr.State([])
 

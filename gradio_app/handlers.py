@@ -147,6 +147,7 @@ def backend_for(components: Components, model: str, work_root: Path | None = Non
     methods = sorted({preset.method for preset in PRESETS.values()})
     timing = {method: time_step(components, method) for method in methods}
     root = Path(tempfile.mkdtemp(prefix="cloak-app-")) if work_root is None else Path(work_root)
+    root.mkdir(parents=True, exist_ok=True)
     return Backend(model=model, components=components, step_seconds=MappingProxyType(timing), work_root=root)
 
 

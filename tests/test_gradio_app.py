@@ -270,3 +270,24 @@ def test_page_builds_without_a_server_and_lists_every_method(backend):
     assert [value for _, value in dropdowns[0].choices] == list(METHODS)
     images = [b for b in demo.blocks.values() if isinstance(b, (gr.Image, gr.Gallery))]
     assert images and all(b.format == "png" for b in images)  # never gradio's default lossy WebP
+
+
+def test_missing_model_weights_fail_at_start_up_in_one_line(tmp_path):
+    from cloak.errors import ModelNotFoundError
+
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelNotFoundError) as info:
+        handlers.load_backend(str(missing), device="cpu")
+    assert str(info.value) == (
+        f"model path {str(missing)!r} does not exist (expected a diffusers folder or a .safetensors/.ckpt file)."
+    )
+
+
+def test_backend_loads_a_model_folder_with_every_part_a_method_needs(tiny_model_dir, tmp_path):
+    from cloak.methods import METHODS
+
+    backend = handlers.load_backend(str(tiny_model_dir), device="cpu", work_root=tmp_path / "work")
+    assert backend.model == str(tiny_model_dir) and (tmp_path / "work").is_dir()
+    for cls in METHODS.values():
+        assert all(getattr(backend.components, part) is not None for part in cls.needs)
+    assert set(backend.step_seconds) == {"encoder"} and backend.step_seconds["encoder"] > 0
