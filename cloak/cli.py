@@ -170,6 +170,49 @@ def protect(
     raise typer.Exit(1 if counts["failed"] else 0)
 
 
+@app.command("app")
+def web_app(
+    model: str = typer.Option(DEFAULT_MODEL, help="Diffusers model id, local folder, .safetensors file or `testbed`."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on; the default keeps the page on this computer."),
+    port: int | None = typer.Option(None, help="TCP port (default: gradio's 7860 or the next free one)."),
+    share: bool = typer.Option(False, help="Also publish a temporary public link (off unless you ask)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+) -> None:
+    """Start the web page for artists (no command line needed once it runs)."""
+    from cloak.errors import ConfigError, ModelNotFoundError
+    from gradio_app import launch
+
+    try:
+        launch(model, host=host, port=port, share=share, device=device)
+    except ModelNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    except ConfigError as err:
+        raise _usage_error(str(err)) from None
+
+
+@app.command("eval")
+def evaluate(
+    config: str = typer.Argument(..., help="A TOML file or a built-in config: quick | paper-style | paper-face."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv/json, report.html and run.json."),
+    resume: bool = typer.Option(True, help="Skip cells already finished in --out (--no-resume starts afresh)."),
+    artist: list[Path] = typer.Option([], help="A folder of images to use as the artist (repeatable)."),
+    device: str | None = typer.Option(None, help="Override the config's device (auto | cpu | cuda | mps)."),
+) -> None:
+    """Fine-tune mimics on clean, cloaked and purified images and report how much protection survives."""
+    from cloak.errors import ConfigError, ModelNotFoundError
+    from eval.runner import run
+
+    try:
+        code = run(config, out, resume=resume, artists=artist, device=device)
+    except ModelNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    except ConfigError as err:
+        raise _usage_error(str(err)) from None
+    raise typer.Exit(code)
+
+
 def _lpips_for(device, *, needed: bool):
     """LPIPS for the budget (downloads its weights if needed) or, when cached, for the sidecar's metric."""
     from cloak.errors import ModelNotFoundError

@@ -146,3 +146,15 @@ def test_methods_and_version():
     for name in METHODS:
         assert name in listed.output
     assert runner.invoke(app, ["--version"]).output.strip() == f"cloak {__version__}"
+
+
+def test_app_with_missing_weights_is_one_line():
+    result = runner.invoke(app, ["app", "--model", "someone/not-cached-model"])
+    assert result.exit_code == 1
+    assert "someone/not-cached-model" in result.output and "Traceback" not in result.output
+
+
+def test_eval_unknown_config_is_a_usage_error(tmp_path):
+    result = runner.invoke(app, ["eval", "no-such-config", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "no-such-config" in result.output
