@@ -1,0 +1,452 @@
+"""Diffusion-based purifiers: DiffPure/SDEdit, GrIDPure, noisy upscaling, IMPRESS.
+
+They take injected model parts (`cloak.models.Components`: the real SD-1.x, the testbed, or tiny test models) and
+never load weights themselves. Any image size works: the image is padded by edge replication to a multiple of
+``8 x`` the VAE's scale factor (64 px for SD-1.x, so the UNet's downsamplings divide the latent), processed at
+its own size, and cropped back. Inputs and outputs are ``(B, 3, H, W)`` in [0, 1] on the caller's device and
+dtype; the models run on ``components.device`` in ``components.dtype``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attacks.base import Purifier, seeded
+from cloak.errors import ConfigError
+from cloak.specs import Param, Range
+from cloak.transforms import gaussian_noise
+from cloak.units import eps_to_unit, from_vae, to_lpips, vae_latents, vae_scale_factor
+
+if TYPE_CHECKING:
+    from cloak.models import Components
+
+DIFFUSION_PARTS = frozenset({"vae", "unet", "text_encoder", "tokenizer", "scheduler"})
+TILE_BATCH = 16  # GrIDPure tiles per model call: bounds memory, independent of the image size
+
+
+def check_components(components: Components | None, needs: frozenset[str], where: str) -> Components:
+    """Refuse missing components or parts, naming the purifier and the parts."""
+    if components is None:
+        raise ConfigError(
+            f"`{where}` needs diffusion model components ({', '.join(sorted(needs))}); pass `components` "
+            "(e.g. from cloak.models.load_components, or --model on the command line)."
+        )
+    missing = sorted(part for part in needs if getattr(components, part) is None)
+    if missing:
+        raise ConfigError(
+            f"`{where}` needs the model parts {', '.join(sorted(needs))}; components {components.name!r} lack "
+            f"{', '.join(missing)}."
+        )
+    return components
+
+
+def _pad(x: Tensor, multiple: int) -> Tensor:
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple), mode="replicate")
+
+
+def _multiple(components: Components) -> int:
+    return vae_scale_factor(components.vae) * 8
+
+
+def prompt_embeddings(components: Components, prompt: str, batch: int) -> Tensor:
+    """The text encoder's last hidden states for ``prompt``, padded to the tokenizer's maximum length.
+
+    Returns:
+        ``(batch, max_length, hidden)`` on ``components.device`` in ``components.dtype``.
+    """
+    tokenizer = components.tokenizer
+    ids = tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(components.device)
+    with torch.no_grad():
+        hidden = components.text_encoder(ids)[0]
+    return hidden.to(components.dtype).expand(batch, -1, -1)
+
+
+def _ddim_denoise(components: Components, z: Tensor, t_start: int, steps: int, embeds: Tensor) -> Tensor:
+    """Deterministic DDIM (Song et al., ICLR 2021, eta = 0) from timestep ``t_start`` to the clean latent.
+
+    Visits ``steps`` evenly spaced timesteps ``t_start, ..., t_start / steps``; the last step lands on the
+    clean latent (alpha-bar = 1). Handles epsilon-, v- and sample-prediction UNets.
+    """
+    scheduler = components.scheduler
+    alphas = scheduler.alphas_cumprod.to(torch.float64)
+    kind = scheduler.config.prediction_type
+    timesteps = [round(t_start * (steps - i) / steps) for i in range(steps)]
+    for i, t in enumerate(timesteps):
+        a_t = float(alphas[t])
+        a_prev = float(alphas[timesteps[i + 1]]) if i + 1 < steps else 1.0
+        timestep = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
+        out = components.unet(z, timestep, encoder_hidden_states=embeds).sample
+        if kind == "epsilon":
+            eps = out
+            x0 = (z - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+        elif kind == "v_prediction":
+            x0 = a_t**0.5 * z - (1 - a_t) ** 0.5 * out
+            eps = a_t**0.5 * out + (1 - a_t) ** 0.5 * z
+        elif kind == "sample":
+            x0 = out
+            eps = (z - a_t**0.5 * x0) / (1 - a_t) ** 0.5
+        else:
+            raise ConfigError(
+                f"Unsupported scheduler prediction_type {kind!r}; expected epsilon, v_prediction, sample."
+            )
+        z = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+    return z
+
+
+def diffpure(
+    x: Tensor,
+    components: Components,
+    t: float,
+    num_inference_steps: int,
+    generator: torch.Generator,
+    prompt: str = "",
+) -> Tensor:
+    """DiffPure / SDEdit in latent space: encode, diffuse to ``t * T``, denoise with DDIM, decode.
+
+    Nie et al., "Diffusion Models for Adversarial Purification", ICML 2022 (https://arxiv.org/abs/2205.07460);
+    Meng et al., "SDEdit", ICLR 2022 (https://arxiv.org/abs/2108.01073). Targets the whole latent pipeline: the
+    cloak must survive the VAE round trip and the denoiser. No classifier-free guidance (one UNet call a step).
+
+    Args:
+        x: ``(B, 3, H, W)`` in [0, 1], any size.
+        components: needs vae, unet, text_encoder, tokenizer, scheduler.
+        t: diffusion depth as a fraction of the training schedule, in (0, 1]; the start timestep is
+            ``round(t * (T - 1))`` (T = 1000 for SD).
+        num_inference_steps: DDIM steps from there to the clean latent, >= 1 (capped at the start timestep + 1).
+        generator: draws the forward-diffusion noise, on ``components.device``.
+        prompt: conditioning text; empty (unconditional) by default.
+
+    Returns:
+        ``(B, 3, H, W)`` in [0, 1], on ``x``'s device and dtype.
+    """
+    h, w = x.shape[-2:]
+    scheduler = components.scheduler
+    t_start = round(t * (scheduler.config.num_train_timesteps - 1))
+    steps = min(num_inference_steps, t_start + 1)
+    with torch.no_grad():
+        image = _pad(x.to(components.device, components.dtype), _multiple(components))
+        z0 = vae_latents(components.vae, image)
+        noise = torch.randn(z0.shape, generator=generator, device=generator.device, dtype=z0.dtype).to(z0.device)
+        a = float(scheduler.alphas_cumprod[t_start])
+        z = a**0.5 * z0 + (1 - a) ** 0.5 * noise
+        z = _ddim_denoise(components, z, t_start, steps, prompt_embeddings(components, prompt, z.shape[0]))
+        out = from_vae(components.vae.decode(z / components.vae.config.scaling_factor).sample)
+    return out[..., :h, :w].to(x.device, x.dtype)
+
+
+def _starts(length: int, tile: int, stride: int) -> list[int]:
+    """Tile offsets from 0 in steps of ``stride``, plus one flush with the far border if needed."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def gridpure(
+    x: Tensor,
+    components: Components,
+    t: float,
+    num_inference_steps: int,
+    iterations: int,
+    gamma: float,
+    tile: int,
+    stride: int,
+    generator: torch.Generator,
+    prompt: str = "",
+) -> Tensor:
+    """GrIDPure: DiffPure on overlapping tiles, averaged, blended with its input, repeated.
+
+    Zhao et al., "Can Protective Perturbation Safeguard Personal Data from Being Exploited by Stable
+    Diffusion?", CVPR 2024 (https://arxiv.org/abs/2312.00084); settings of FIELD_NOTES section 4: 256 px tiles,
+    stride 128, t = 10 of 1000 steps, 20 iterations, blend gamma 0.1. Each iteration ``k`` computes
+    ``x_{k+1} = (1 - gamma) * mean_over_tiles(DiffPure(tile of x_k)) + gamma * x_k``. Tiles are processed
+    `TILE_BATCH` at a time.
+
+    Args:
+        x: ``(B, 3, H, W)`` in [0, 1], any size (a side shorter than ``tile`` is one tile of that side).
+        components: as `diffpure`.
+        t: diffusion depth of each DiffPure pass, fraction of the schedule, in (0, 1].
+        num_inference_steps: DDIM steps of each pass.
+        iterations: number of tile-purify-blend rounds, >= 1.
+        gamma: share of the round's input kept, in [0, 1).
+        tile: tile side, px.
+        stride: offset between tiles, px, <= ``tile``.
+        generator: draws all diffusion noise, on ``components.device``.
+        prompt: conditioning text.
+
+    Returns:
+        ``(B, 3, H, W)`` in [0, 1], on ``x``'s device and dtype.
+    """
+    b, _, h, w = x.shape
+    th, tw = min(tile, h), min(tile, w)
+    boxes = [(y0, x0) for y0 in _starts(h, th, stride) for x0 in _starts(w, tw, stride)]
+    current = x.to(components.device, components.dtype)
+    for _ in range(iterations):
+        tiles = torch.stack([current[..., y0 : y0 + th, x0 : x0 + tw] for y0, x0 in boxes], dim=1)
+        tiles = tiles.reshape(b * len(boxes), 3, th, tw)  # (B * n_tiles, 3, th, tw), image-major
+        purified = torch.cat(
+            [
+                diffpure(chunk, components, t, num_inference_steps, generator, prompt)
+                for chunk in tiles.split(TILE_BATCH)
+            ]
+        ).reshape(b, len(boxes), 3, th, tw)
+        total = torch.zeros_like(current)
+        count = torch.zeros_like(current[:, :1])
+        for i, (y0, x0) in enumerate(boxes):
+            total[..., y0 : y0 + th, x0 : x0 + tw] += purified[:, i]
+            count[..., y0 : y0 + th, x0 : x0 + tw] += 1
+        current = (1 - gamma) * total / count + gamma * current
+    return current.clamp(0, 1).to(x.device, x.dtype)
+
+
+def noisy_upscale(
+    x: Tensor,
+    components: Components | None,
+    sigma: float,
+    t: float,
+    num_inference_steps: int,
+    noise_level: int,
+    generator: torch.Generator,
+    upscaler: Any = None,
+    prompt: str = "",
+) -> Tensor:
+    """Noisy upscaling: add Gaussian noise, then let a diffusion upscaler redraw the image.
+
+    Hoenig et al., "Adversarial Perturbations Cannot Reliably Protect Artists From Generative AI", ICLR 2025
+    (https://arxiv.org/abs/2406.12027), the strongest single attack there: noise sigma 0.1, then the SD x4
+    upscaler.
+
+    With ``upscaler`` (an injected diffusers ``StableDiffusionUpscalePipeline``): the noisy image is upscaled
+    x4 at ``noise_level`` with ``num_inference_steps`` steps, then resized back to ``(H, W)`` with antialiasing
+    (upscaling a 512 px image makes a 2048 px one: slow on CPU). Without one: the noisy image is downscaled 2x
+    and upscaled back (bicubic, antialiased), then an SDEdit pass (`diffpure` at depth ``t``) at ``(H, W)``
+    redraws the detail, with ``components``.
+
+    Args:
+        x: ``(B, 3, H, W)`` in [0, 1].
+        components: as `diffpure`; unused when ``upscaler`` is given.
+        sigma: Gaussian noise sigma, [0, 1] units.
+        t: SDEdit depth of the fallback, fraction of the schedule.
+        num_inference_steps: denoising steps (upscaler or DDIM).
+        noise_level: the upscaler's noise-augmentation level (its ``noise_level``, 0-350 for SD x4).
+        generator: draws the noise, on its own device.
+        upscaler: a ``StableDiffusionUpscalePipeline`` or None.
+        prompt: conditioning text.
+
+    Returns:
+        ``(B, 3, H, W)`` in [0, 1], on ``x``'s device and dtype.
+    """
+    h, w = x.shape[-2:]
+    noisy = gaussian_noise(x, sigma, generator)
+    if upscaler is not None:
+        with torch.no_grad():
+            big = upscaler(
+                prompt=[prompt] * x.shape[0],
+                image=noisy.to(upscaler.device, upscaler.dtype),
+                noise_level=noise_level,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=1.0,
+                generator=generator,
+                output_type="pt",
+            ).images
+        out = F.interpolate(big.float(), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+        return out.clamp(0, 1).to(x.device, x.dtype)
+    small = (max(1, h // 2), max(1, w // 2))
+    blurry = F.interpolate(noisy, size=small, mode="bicubic", antialias=True, align_corners=False)
+    blurry = F.interpolate(blurry, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+    return diffpure(blurry, components, t, num_inference_steps, generator, prompt)
+
+
+def impress(
+    x: Tensor,
+    components: Components,
+    iterations: int,
+    lr: float,
+    eps: float,
+    lpips_eps: float,
+    alpha: float,
+    lpips_model: Any = None,
+) -> Tensor:
+    """IMPRESS: make the image consistent under the VAE round trip while staying close to the input.
+
+    Cao et al., "IMPRESS: Evaluating the Resilience of Imperceptible Perturbations Against Unauthorized Data
+    Usage in Diffusion-Based Generative AI", NeurIPS 2023 (https://arxiv.org/abs/2310.19248). Targets the VAE:
+    a cloak that moves the latent leaves ``x`` and ``D(E(x))`` apart; minimising
+    ``||x' - D(E(x'))||^2`` pulls it back. Adam on ``x'`` from ``x``, ``iterations`` steps (the paper goes up
+    to 3000). The closeness bound is, with ``lpips_model``, the paper's hinge penalty
+    ``alpha * max(LPIPS(x', x) - lpips_eps, 0)``; without one, a hard L-inf projection to ``eps``/255 around x.
+
+    Args:
+        x: ``(B, 3, H, W)`` in [0, 1].
+        components: needs vae.
+        iterations: Adam steps, >= 1.
+        lr: Adam step size, [0, 1] pixel units.
+        eps: L-inf bound, 0-255 units (used without ``lpips_model``).
+        lpips_eps: LPIPS bound (used with ``lpips_model``; the paper uses 0.1).
+        alpha: weight of the LPIPS hinge (with ``lpips_model``).
+        lpips_model: a callable ``(a, b) -> distance`` on [-1, 1] images (an ``lpips.LPIPS``), or None.
+
+    Returns:
+        ``(B, 3, H, W)`` in [0, 1], on ``x``'s device and dtype.
+    """
+    h, w = x.shape[-2:]
+    vae = components.vae
+    target = _pad(x.detach().to(components.device, components.dtype), vae_scale_factor(vae))
+    bound = eps_to_unit(eps)
+    x_pur = target.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([x_pur], lr=lr)
+    for _ in range(iterations):
+        optimiser.zero_grad()
+        z = vae_latents(vae, x_pur) / vae.config.scaling_factor
+        recon = from_vae(vae.decode(z).sample)
+        loss = (recon - x_pur).pow(2).mean()
+        if lpips_model is not None:
+            distance = lpips_model(to_lpips(x_pur), to_lpips(target)).mean()
+            loss = loss + alpha * torch.relu(distance - lpips_eps)
+        loss.backward()
+        optimiser.step()
+        with torch.no_grad():
+            if lpips_model is None:
+                x_pur.copy_(torch.minimum(torch.maximum(x_pur, target - bound), target + bound))
+            x_pur.clamp_(0, 1)
+    return x_pur.detach()[..., :h, :w].to(x.device, x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classes
+
+_T = Param("t", float, 0.2, low=0, high=1, low_open=True)
+_STEPS = Param("steps", int, 10, low=1, high=1000)
+
+
+class DiffPure(Purifier):
+    """DiffPure / SDEdit (`diffpure`): ``t`` depth in (0, 1] (default 0.2), ``steps`` DDIM steps (default 10)."""
+
+    name = "diffpure"
+    summary = "DiffPure / SDEdit: noise to depth t, denoise (needs a model)"
+    differentiable = False
+    random = True
+    needs = DIFFUSION_PARTS
+    params = (_T, _STEPS)
+
+    def __init__(self, components: Components | None, *, prompt: str = "", **options: Any) -> None:
+        super().__init__(**options)
+        self.components = check_components(components, self.needs, self.name)
+        self.prompt = prompt
+
+    def purify(self, x: Tensor, t: float, steps: int, seed: int) -> Tensor:
+        return diffpure(x, self.components, t, steps, seeded(seed, self.components.device), self.prompt)
+
+
+class GridPure(Purifier):
+    """GrIDPure (`gridpure`). Defaults from FIELD_NOTES, scaled to the model: ``tile`` = resolution / 2 px,
+    ``stride`` = tile / 2 px (256 and 128 at SD's 512), ``t`` = 0.01 (10 of 1000 steps), 1 DDIM step,
+    ``iterations`` = 20, ``gamma`` = 0.1."""
+
+    name = "gridpure"
+    summary = "GrIDPure: tiled DiffPure, blended, iterated (needs a model)"
+    differentiable = False
+    random = True
+    needs = DIFFUSION_PARTS
+    params = (
+        Param("t", float, 0.01, low=0, high=1, low_open=True),
+        Param("steps", int, 1, low=1, high=1000),
+        Param("iterations", int, 20, low=1),
+        Param("gamma", float, 0.1, low=0, high=1, high_open=True),
+        Param("tile", int, None, low=8, unit="px; default resolution / 2"),
+        Param("stride", int, None, low=1, unit="px; default tile / 2"),
+    )
+
+    def __init__(self, components: Components | None, *, prompt: str = "", **options: Any) -> None:
+        super().__init__(**options)
+        self.components = check_components(components, self.needs, self.name)
+        self.prompt = prompt
+        if not any(isinstance(self.values[k], Range) for k in ("tile", "stride")):
+            self._geometry(self.values["tile"], self.values["stride"])  # refuse stride > tile now, not mid-run
+
+    def _geometry(self, tile: int | None, stride: int | None) -> tuple[int, int]:
+        tile = tile if tile is not None else self.components.resolution // 2
+        stride = stride if stride is not None else max(1, tile // 2)
+        if stride > tile:
+            raise ConfigError(f"`gridpure`: `stride` ({stride} px) must not exceed `tile` ({tile} px).")
+        return tile, stride
+
+    def purify(
+        self,
+        x: Tensor,
+        t: float,
+        steps: int,
+        iterations: int,
+        gamma: float,
+        tile: int | None,
+        stride: int | None,
+        seed: int,
+    ) -> Tensor:
+        tile, stride = self._geometry(tile, stride)
+        generator = seeded(seed, self.components.device)
+        return gridpure(x, self.components, t, steps, iterations, gamma, tile, stride, generator, self.prompt)
+
+
+class NoisyUpscale(Purifier):
+    """Noisy upscaling (`noisy_upscale`): ``sigma`` 0.1, then the injected SD x4 upscaler (``noise_level``
+    320, FIELD_NOTES) or, without one, 2x down-up and an SDEdit pass at depth ``t`` (0.2)."""
+
+    name = "noisy_upscale"
+    summary = "Gaussian noise then a diffusion upscaler or SDEdit (needs a model)"
+    differentiable = False
+    random = True
+    needs = DIFFUSION_PARTS
+    params = (
+        Param("sigma", float, 0.1, low=0, high=1, unit="[0, 1] units"),
+        _T,
+        _STEPS,
+        Param("noise_level", int, 320, low=0, high=1000),
+    )
+
+    def __init__(
+        self, components: Components | None, *, upscaler: Any = None, prompt: str = "", **options: Any
+    ) -> None:
+        super().__init__(**options)
+        self.components = components if upscaler is not None else check_components(components, self.needs, self.name)
+        self.upscaler = upscaler
+        self.prompt = prompt
+
+    def purify(self, x: Tensor, sigma: float, t: float, steps: int, noise_level: int, seed: int) -> Tensor:
+        device = self.upscaler.device if self.upscaler is not None else self.components.device
+        return noisy_upscale(
+            x, self.components, sigma, t, steps, noise_level, seeded(seed, device), self.upscaler, self.prompt
+        )
+
+
+class Impress(Purifier):
+    """IMPRESS (`impress`): ``iterations`` (100), ``lr`` (0.004), L-inf ``eps`` (8, 0-255 units) or, with an
+    injected LPIPS model, ``lpips_eps`` (0.1) and hinge weight ``alpha`` (10)."""
+
+    name = "impress"
+    summary = "IMPRESS: VAE-consistency optimisation within a bound (needs a VAE)"
+    differentiable = False
+    needs = frozenset({"vae"})
+    params = (
+        Param("iterations", int, 100, low=1),
+        Param("lr", float, 0.004, low=0, low_open=True, unit="[0, 1] units"),
+        Param("eps", float, 8.0, low=1, high=255, unit="0-255 units"),
+        Param("lpips_eps", float, 0.1, low=0, low_open=True),
+        Param("alpha", float, 10.0, low=0, low_open=True),
+    )
+
+    def __init__(self, components: Components | None, *, lpips: Any = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.components = check_components(components, self.needs, self.name)
+        self.lpips = lpips
+
+    def purify(self, x: Tensor, iterations: int, lr: float, eps: float, lpips_eps: float, alpha: float) -> Tensor:
+        return impress(x, self.components, iterations, lr, eps, lpips_eps, alpha, self.lpips)
