@@ -5,11 +5,21 @@
 
 from __future__ import annotations
 
+from cloak.methods.advdm import AdvDM
+from cloak.methods.aspl import ASPL
 from cloak.methods.base import Objective
 from cloak.methods.encoder import EncoderAttack
+from cloak.methods.mist import Mist
+from cloak.methods.sds import SDS
+from cloak.methods.style import StyleCloak
 
 METHODS: dict[str, type[Objective]] = {
     EncoderAttack.name: EncoderAttack,
+    StyleCloak.name: StyleCloak,
+    AdvDM.name: AdvDM,
+    ASPL.name: ASPL,
+    SDS.name: SDS,
+    Mist.name: Mist,
 }
 
 __all__ = ["METHODS", "Objective"]

@@ -1,0 +1,178 @@
+"""Shared pieces of the methods that use the diffusion model (``advdm``, ``aspl``, ``sds``, ``mist``, ``style``).
+
+Written once here: the text embedding of a prompt, the forward noising ``z_t = sqrt(a_t) z + sqrt(1 - a_t) eps`` at
+random timesteps, the denoising loss the model is trained with (Ho et al., "Denoising Diffusion Probabilistic
+Models", NeurIPS'20, https://arxiv.org/abs/2006.11239, the "simple" loss; Stable Diffusion trains on it in the VAE's
+latent space), the model's noise prediction, and an SDEdit/img2img pass (Meng et al., ICLR'22,
+https://arxiv.org/abs/2108.01073). Symbols follow the papers: ``z`` the scaled VAE latent, ``t`` the timestep,
+``eps`` the Gaussian noise, ``eps_theta(z_t, t, c)`` the UNet's prediction under the text condition ``c``.
+
+Every random draw takes the caller's ``torch.Generator`` and is made on the generator's device, then moved to the
+latents' device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from cloak.errors import ConfigError
+from cloak.units import from_vae, vae_latents
+
+if TYPE_CHECKING:
+    from cloak.models import Components
+
+#: The model parts every diffusion-loss method needs.
+DIFFUSION_PARTS = frozenset({"vae", "unet", "text_encoder", "tokenizer", "scheduler"})
+
+
+def positive_int(value: object, name: str, method: str) -> int:
+    """Validate a count option of a method: a positive ``int`` (not a bool)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"`{name}` ({method} option) must be a positive integer, got {value!r}.")
+    return value
+
+
+def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
+    """Token ids of ``prompt``, padded/truncated to the tokenizer's length (77 for CLIP): (1, 77) long, on CPU."""
+    if not isinstance(prompt, str):
+        raise ConfigError(f"`prompt` must be a string, got {prompt!r}.")
+    return tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def encode_prompt(text_encoder, tokenizer, prompt: str) -> torch.Tensor:
+    """The text condition ``c``: the text encoder's last hidden states for ``prompt``, (1, 77, D), no grad."""
+    with torch.no_grad():
+        return text_encoder(prompt_ids(tokenizer, prompt).to(text_encoder.device))[0]
+
+
+@dataclass
+class Noised:
+    """Latents noised at random timesteps (one row per draw).
+
+    Attributes:
+        latents: the clean latents ``z``, broadcast to (n, C, h, w).
+        noisy: ``z_t``, (n, C, h, w).
+        noise: ``eps``, (n, C, h, w).
+        timesteps: ``t``, (n,) long, in [0, num_train_timesteps).
+    """
+
+    latents: torch.Tensor
+    noisy: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+
+
+def add_noise(scheduler, latents: torch.Tensor, generator: torch.Generator, samples: int = 1) -> Noised:
+    """Draw ``samples`` pairs ``t ~ U{0, ..., T-1}``, ``eps ~ N(0, I)`` and noise ``latents`` (1, C, h, w) with each.
+
+    Draw order (t first, then eps) is fixed so that methods sharing a generator seed draw the same values.
+    """
+    n = samples
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator, device=generator.device)
+    eps = torch.randn((n, *latents.shape[1:]), generator=generator, device=generator.device, dtype=torch.float32)
+    t, eps = t.to(latents.device), eps.to(latents.device, latents.dtype)
+    z = latents.expand(n, -1, -1, -1)
+    return Noised(latents=z, noisy=scheduler.add_noise(z, eps, t), noise=eps, timesteps=t)
+
+
+def prediction_type(scheduler) -> str:
+    """What the UNet predicts, ``"epsilon"`` or ``"v_prediction"`` (SD-2.x 768), validated."""
+    kind = scheduler.config.prediction_type
+    if kind not in ("epsilon", "v_prediction"):
+        raise ConfigError(f"scheduler `prediction_type` must be 'epsilon' or 'v_prediction', got {kind!r}.")
+    return kind
+
+
+def training_target(scheduler, noised: Noised) -> torch.Tensor:
+    """What the UNet is trained to predict: ``eps``, or ``v = sqrt(a_t) eps - sqrt(1 - a_t) z`` for v-prediction."""
+    if prediction_type(scheduler) == "epsilon":
+        return noised.noise
+    return scheduler.get_velocity(noised.latents, noised.noise, noised.timesteps)
+
+
+def unet_prediction(unet, noised: Noised, prompt_embeds: torch.Tensor) -> torch.Tensor:
+    """The UNet's raw output for ``noised`` under the condition ``prompt_embeds`` (1, 77, D): (n, C, h, w)."""
+    c = prompt_embeds.expand(noised.noisy.shape[0], -1, -1)
+    return unet(noised.noisy, noised.timesteps, encoder_hidden_states=c).sample
+
+
+def predicted_noise(scheduler, noised: Noised, prediction: torch.Tensor) -> torch.Tensor:
+    """``eps_theta`` from the UNet's output: itself, or ``sqrt(a_t) v + sqrt(1 - a_t) z_t`` for v-prediction."""
+    if prediction_type(scheduler) == "epsilon":
+        return prediction
+    a = scheduler.alphas_cumprod.to(noised.noisy.device)[noised.timesteps].view(-1, 1, 1, 1)
+    return a.sqrt() * prediction.float() + (1 - a).sqrt() * noised.noisy.float()
+
+
+def denoising_loss(
+    unet, scheduler, latents: torch.Tensor, prompt_embeds: torch.Tensor, generator: torch.Generator, samples: int = 1
+) -> torch.Tensor:
+    """The diffusion training loss ``E_{t, eps} ||eps_theta(z_t, t, c) - eps||^2`` (mean over draws and elements).
+
+    Args:
+        unet: a diffusers ``UNet2DConditionModel``.
+        scheduler: the training noise scheduler (``DDPMScheduler``).
+        latents: ``z`` (1, C, h, w), scaled as the UNet sees it (``cloak.units.vae_latents``).
+        prompt_embeds: ``c`` (1, 77, D).
+        generator: draws ``t`` and ``eps`` (see :func:`add_noise`).
+        samples: Monte Carlo draws of (t, eps), evaluated as one batch.
+
+    Returns:
+        A float32 scalar, differentiable in ``latents`` (and in the UNet's weights if they require grad).
+    """
+    noised = add_noise(scheduler, latents, generator, samples)
+    prediction = unet_prediction(unet, noised, prompt_embeds)
+    return F.mse_loss(prediction.float(), training_target(scheduler, noised).float())
+
+
+def img2img(
+    components: Components,
+    x: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
+    *,
+    strength: float,
+    num_inference_steps: int,
+    guidance_scale: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """SDEdit: noise the image's latent to ``strength`` of the schedule and denoise it under a prompt (DDIM, eta 0).
+
+    Timesteps as diffusers' img2img pipeline picks them; classifier-free guidance (Ho & Salimans 2022,
+    https://arxiv.org/abs/2207.12598) with ``negative_embeds`` as the unconditional branch.
+
+    Args:
+        components: needs ``vae``, ``unet``, ``scheduler``.
+        x: (1, 3, h, w) in [0, 1]; h and w multiples of the VAE x UNet downsampling.
+        prompt_embeds: the condition (1, 77, D).
+        negative_embeds: the unconditional condition (1, 77, D), usually the empty prompt.
+        strength: fraction of the noise schedule, in (0, 1]; 1 ignores the image.
+        num_inference_steps: DDIM steps of the full schedule; about ``strength * num_inference_steps`` are run.
+        guidance_scale: classifier-free guidance weight (1: none).
+        generator: draws the starting noise.
+
+    Returns:
+        (1, 3, h, w) in [0, 1].
+    """
+    from diffusers import DDIMScheduler
+
+    vae, unet = components.vae, components.unet
+    ddim = DDIMScheduler.from_config(components.scheduler.config)
+    ddim.set_timesteps(num_inference_steps, device=x.device)
+    start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
+    timesteps = ddim.timesteps[start:]
+    with torch.no_grad():
+        z0 = vae_latents(vae, x)
+        eps = torch.randn(z0.shape, generator=generator, device=generator.device, dtype=torch.float32)
+        z = ddim.add_noise(z0, eps.to(z0.device, z0.dtype), timesteps[:1])
+        embeds = torch.cat([negative_embeds, prompt_embeds])
+        for t in timesteps:
+            uncond, cond = unet(torch.cat([z, z]), t, encoder_hidden_states=embeds).sample.chunk(2)
+            z = ddim.step(uncond + guidance_scale * (cond - uncond), t, z).prev_sample
+        return from_vae(vae.decode(z / vae.config.scaling_factor).sample)

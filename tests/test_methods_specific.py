@@ -1,0 +1,308 @@
+"""What is specific to each diffusion-based method, beyond the shared checklist in `test_methods.py`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_methods import _image
+
+from cloak.errors import ConfigError
+from cloak.methods.advdm import AdvDM
+from cloak.methods.aspl import ASPL
+from cloak.methods.mist import MIST_WEIGHT, Mist
+from cloak.methods.sds import SDS
+from cloak.methods.style import StyleCloak, procedural_decoy
+from cloak.protect import CloakConfig, Cloaker
+from cloak.units import vae_latents
+
+
+def _x(h=32, w=48, seed=0) -> torch.Tensor:
+    return torch.from_numpy(_image(h, w, seed)).permute(2, 0, 1)[None].float() / 255
+
+
+def _gen(seed=7) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _manual_denoising_mse(components, unet, x, prompt_embeds, seed) -> torch.Tensor:
+    """The AdvDM quantity written out by hand: z ~ q(z|x), t ~ U{0..999}, eps ~ N(0, I), MSE(eps_theta, eps)."""
+    g = _gen(seed)
+    z = vae_latents(components.vae, x, g)
+    t = torch.randint(0, 1000, (1,), generator=g)
+    eps = torch.randn(z.shape, generator=g)
+    z_t = components.scheduler.alphas_cumprod[t].sqrt() * z + (1 - components.scheduler.alphas_cumprod[t]).sqrt() * eps
+    pred = unet(z_t, t, encoder_hidden_states=prompt_embeds).sample
+    return F.mse_loss(pred, eps)
+
+
+# --- advdm ---------------------------------------------------------------------------------------------------------
+
+
+def test_advdm_loss_is_the_negative_denoising_mse(tiny_components):
+    obj = AdvDM(tiny_components)
+    x = _x()
+    with torch.no_grad():
+        got = obj.loss(x, obj.target(x, _gen()), _gen(7))
+        want = _manual_denoising_mse(tiny_components, tiny_components.unet, x, obj.prompt_embeds, 7)
+    assert want > 0.1
+    torch.testing.assert_close(got, -want, rtol=1e-5, atol=1e-6)
+
+
+def test_advdm_prompt_and_samples(tiny_components):
+    x = _x()
+    a, b = AdvDM(tiny_components), AdvDM(tiny_components, prompt="a photo of a cat")
+    assert not torch.equal(a.prompt_embeds, b.prompt_embeds)
+    many = AdvDM(tiny_components, samples=8)
+    with torch.no_grad():
+        one = [float(a.loss(x, None, _gen(s))) for s in range(3)]
+        eight = float(many.loss(x, None, _gen(0)))
+    assert len(set(one)) == 3  # t and eps come from the generator
+    assert eight != pytest.approx(one[0])
+    with pytest.raises(ConfigError, match=r"`samples` \(advdm option\) must be a positive integer, got 0"):
+        AdvDM(tiny_components, samples=0)
+
+
+def test_unsupported_prediction_type_is_refused_early(tiny_components):
+    from diffusers import DDPMScheduler
+
+    odd = DDPMScheduler.from_config(tiny_components.scheduler.config, prediction_type="sample")
+    with pytest.raises(ConfigError, match=r"`prediction_type` must be 'epsilon' or 'v_prediction', got 'sample'"):
+        AdvDM(dataclasses.replace(tiny_components, scheduler=odd))
+
+
+def test_v_prediction_models_are_attacked_on_v(tiny_components):
+    from diffusers import DDPMScheduler
+
+    v = dataclasses.replace(
+        tiny_components,
+        scheduler=DDPMScheduler.from_config(tiny_components.scheduler.config, prediction_type="v_prediction"),
+    )
+    x = _x()
+    with torch.no_grad():
+        eps_loss, v_loss = AdvDM(tiny_components).loss(x, None, _gen()), AdvDM(v).loss(x, None, _gen())
+    assert torch.isfinite(v_loss) and float(v_loss) != pytest.approx(float(eps_loss))
+
+
+# --- sds -----------------------------------------------------------------------------------------------------------
+
+
+def _unet_grads(components, method, x) -> tuple[list, torch.Tensor]:
+    """Backward through ``method``'s loss with the UNet's weights requiring grad; return their grads and x's."""
+    components.unet.requires_grad_(True)
+    try:
+        obj = method(components)
+        xa = x.clone().requires_grad_(True)
+        obj.loss(xa, None, _gen()).backward()
+        return [p.grad for p in components.unet.parameters()], xa.grad
+    finally:
+        components.unet.requires_grad_(False)
+        components.unet.zero_grad(set_to_none=True)
+
+
+def test_sds_never_backpropagates_through_the_unet(fresh_tiny_components):
+    x = _x()
+    seen = []
+    hook = fresh_tiny_components.unet.register_forward_hook(lambda m, i, out: seen.append(out.sample.requires_grad))
+    try:
+        sds_param_grads, sds_x_grad = _unet_grads(fresh_tiny_components, SDS, x)
+        advdm_param_grads, _ = _unet_grads(fresh_tiny_components, AdvDM, x)
+    finally:
+        hook.remove()
+    assert seen == [False, True]  # the UNet's output carries a graph under AdvDM only
+    assert all(g is None for g in sds_param_grads)
+    assert any(g is not None and g.abs().sum() > 0 for g in advdm_param_grads)  # the check can fail
+    assert sds_x_grad is not None and sds_x_grad.abs().sum() > 0
+
+
+def test_sds_value_and_gradient(tiny_components):
+    """Value: the denoising MSE; gradient w.r.t. z: 2 (eps_theta - eps) / numel(z), the UNet Jacobian left out."""
+    x = _x()
+    minus, plus = SDS(tiny_components), SDS(tiny_components, minimise=False)
+    with torch.no_grad():
+        want = _manual_denoising_mse(tiny_components, tiny_components.unet, x, minus.prompt_embeds, 3)
+        torch.testing.assert_close(minus.loss(x, None, _gen(3)), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(plus.loss(x, None, _gen(3)), -want, rtol=1e-5, atol=1e-6)
+    # The gradient reaching x: the encoder's vector-Jacobian product with g, replaying the same draws.
+    g = _gen(3)
+    xr = x.clone().requires_grad_(True)
+    z = vae_latents(tiny_components.vae, xr, g)
+    t = torch.randint(0, 1000, (1,), generator=g)
+    eps = torch.randn(z.shape, generator=g)
+    a = tiny_components.scheduler.alphas_cumprod[t]
+    with torch.no_grad():
+        eps_theta = tiny_components.unet(a.sqrt() * z + (1 - a).sqrt() * eps, t, minus.prompt_embeds).sample
+    (want_grad,) = torch.autograd.grad(z, xr, grad_outputs=2 * (eps_theta - eps) / z.numel())
+    xa = x.clone().requires_grad_(True)
+    minus.loss(xa, None, _gen(3)).backward()
+    assert want_grad.abs().sum() > 0
+    torch.testing.assert_close(xa.grad, want_grad, rtol=1e-4, atol=1e-10)
+
+
+def test_sds_minimise_option_is_validated(tiny_components):
+    with pytest.raises(ConfigError, match=r"`minimise` \(sds option\) must be true or false, got 'yes'"):
+        SDS(tiny_components, minimise="yes")
+
+
+# --- aspl ----------------------------------------------------------------------------------------------------------
+
+
+def _state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(module, state) -> bool:
+    return all(torch.equal(v, state[k]) for k, v in module.state_dict().items())
+
+
+def test_aspl_fine_tunes_private_copies_only(fresh_tiny_components):
+    comp = fresh_tiny_components
+    unet0, te0 = _state(comp.unet), _state(comp.text_encoder)
+    cloaker = Cloaker(comp, CloakConfig(method="aspl", eps=8, steps=ASPL.update_every + 1, autocast=False))
+    obj = cloaker.objective
+    first = cloaker.protect(_image(), seed=1)
+    # The shared components are untouched; the surrogate (f_sur) and the main copy (f) both moved.
+    assert _same(comp.unet, unet0) and _same(comp.text_encoder, te0)
+    assert not _same(obj.surrogate["unet"], unet0)
+    assert not _same(obj.surrogate["text_encoder"], te0)
+    assert not _same(obj._main["unet"], unet0)  # round 1 fine-tuned f on the perturbed views
+    assert obj.unet is obj.surrogate["unet"]
+    assert not any(p.requires_grad for p in obj.surrogate.parameters())
+    # The next image starts from the pretrained weights again: the same input and seed give the same cloak.
+    assert np.array_equal(cloaker.protect(_image(), seed=1).image, first.image)
+
+
+def test_aspl_loss_attacks_the_surrogate(fresh_tiny_components):
+    comp = fresh_tiny_components
+    obj = ASPL(comp, learning_rate=1e-3)
+    x = _x()
+    obj.target(x, _gen())
+    obj.update([x], _gen())
+    with torch.no_grad():
+        got = obj.loss(x, None, _gen(5))
+        want = _manual_denoising_mse(comp, obj.surrogate["unet"], x, obj.prompt_embeds, 5)
+        shared = _manual_denoising_mse(comp, comp.unet, x, obj.prompt_embeds, 5)
+    torch.testing.assert_close(got, -want, rtol=1e-5, atol=1e-6)
+    assert float(want) != pytest.approx(float(shared))
+
+
+def test_aspl_without_text_encoder_training_keeps_the_shared_condition(fresh_tiny_components):
+    obj = ASPL(fresh_tiny_components, train_text_encoder=False, learning_rate=1e-3)
+    before = obj.prompt_embeds.clone()
+    x = _x()
+    obj.target(x, _gen())
+    obj.update([x], _gen())
+    assert list(obj.surrogate.keys()) == ["unet"]
+    torch.testing.assert_close(obj.prompt_embeds, before)
+
+
+def test_aspl_options_are_validated(tiny_components):
+    with pytest.raises(ConfigError, match=r"`learning_rate` \(aspl option\) must be a float in \(0, 1\), got 2"):
+        ASPL(tiny_components, learning_rate=2)
+    with pytest.raises(ConfigError, match=r"`finetune_steps` \(aspl option\) must be a positive integer, got 0"):
+        ASPL(tiny_components, finetune_steps=0)
+
+
+# --- mist ----------------------------------------------------------------------------------------------------------
+
+
+def test_mist_combines_textural_and_semantic_terms_with_the_documented_weight(tiny_components):
+    assert MIST_WEIGHT == pytest.approx(1e4 / 16384) and round(MIST_WEIGHT, 2) == 0.61
+    x = _x()
+    mist, advdm = Mist(tiny_components), AdvDM(tiny_components)
+    assert mist.weight == MIST_WEIGHT
+    with torch.no_grad():
+        target = mist.target(x, _gen())
+        got = mist.loss(x, target, _gen(11))
+        textural = F.mse_loss(vae_latents(tiny_components.vae, x, _gen(11)), target)  # the same posterior sample
+        semantic = -advdm.loss(x, None, _gen(11))  # draws z, t, eps in the same order
+    assert textural > 0 and semantic > 0
+    torch.testing.assert_close(got, textural - MIST_WEIGHT * semantic, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(Mist(tiny_components, weight=0.0).loss(x, target, _gen(11)), textural)
+    with pytest.raises(ConfigError, match=r"`weight` \(mist option\) must be a number >= 0, got -1"):
+        Mist(tiny_components, weight=-1)
+
+
+def test_mist_target_is_the_encoder_attacks_target(tiny_components):
+    from cloak.methods.encoder import EncoderAttack
+
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            Mist(tiny_components, target="checker").target(x, _gen()),
+            EncoderAttack(tiny_components, target="checker").target(x, _gen()),
+        )
+
+
+# --- style ---------------------------------------------------------------------------------------------------------
+
+
+def test_style_sdedit_decoy_differs_from_the_input_and_ignores_the_cloak_seed(tiny_components):
+    obj = StyleCloak(tiny_components)
+    assert obj.sdedit and obj.multiple == 4
+    x = _x()
+    with torch.no_grad():
+        a, b = obj.target(x, _gen(1)), obj.target(x, _gen(2))
+        other = StyleCloak(tiny_components, decoy_seed=1).target(x, _gen(1))
+    assert a.decoy.shape == x.shape and 0 <= a.decoy.min() and a.decoy.max() <= 1
+    assert (a.decoy - x).abs().mean() > 0.05
+    torch.testing.assert_close(a.decoy, b.decoy)
+    assert not torch.equal(a.decoy, other.decoy)
+    with torch.no_grad():  # the loss is zero at the decoy itself and positive at the artwork
+        assert float(obj.loss(a.decoy, a, _gen())) < 1e-10 < float(obj.loss(x, a, _gen()))
+
+
+def test_style_procedural_decoy_without_a_diffusion_model(tiny_components):
+    vae_only = dataclasses.replace(tiny_components, unet=None, text_encoder=None, tokenizer=None, scheduler=None)
+    obj = StyleCloak(vae_only)
+    assert not obj.sdedit and obj.multiple == 2
+    x = _x()
+    decoy = obj.target(x, _gen()).decoy
+    torch.testing.assert_close(decoy, procedural_decoy(x))
+    assert decoy.shape == x.shape and (decoy - x).abs().mean() > 0.05
+    # Composition is kept: the decoy is closer to its own image than to another one.
+    assert (decoy - x).abs().mean() < (decoy - _x(seed=1).flip(-1)).abs().mean()
+    result = Cloaker(vae_only, CloakConfig(method="style", eps=8, steps=4)).protect(_image(), seed=0)
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_style_clip_term(tiny_components, monkeypatch):
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    import cloak.models
+    from cloak.units import CLIP_MEAN, CLIP_STD
+
+    torch.manual_seed(0)
+    tiny_clip = CLIP(
+        embed_dim=16,
+        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+        text_cfg=CLIPTextCfg(layers=1, width=32, heads=2, context_length=16, vocab_size=100),
+    ).eval()
+    asked = []
+
+    def load_open_clip(name, pretrained, device):
+        asked.append((name, pretrained, device))
+        return cloak.models.OpenClip(tiny_clip, CLIP_MEAN, CLIP_STD, image_size=(32, 32), interpolation="bicubic")
+
+    monkeypatch.setattr(cloak.models, "load_open_clip", load_open_clip)
+    with_clip = StyleCloak(tiny_components, clip_model="ViT-B-32", clip_pretrained="clip.pt", clip_weight=2.0)
+    without = StyleCloak(tiny_components)
+    assert asked == [("ViT-B-32", "clip.pt", "cpu")]
+    x = _x()
+    with torch.no_grad():
+        target = with_clip.target(x, _gen())
+        assert target.clip.shape == (1, 16) and float(target.clip.norm()) == pytest.approx(1.0)
+        extra = float(with_clip.loss(x, target, _gen())) - float(without.loss(x, target, _gen()))
+        cosine = float((with_clip._clip_features(x) * target.clip).sum())
+    assert extra == pytest.approx(2.0 * (1.0 - cosine), rel=1e-4) and extra > 0
+
+
+def test_style_options_are_validated(tiny_components):
+    with pytest.raises(ConfigError, match=r"`strength` \(style option\) must be in \(0, 1\], got 1.5"):
+        StyleCloak(tiny_components, strength=1.5)
+    with pytest.raises(ConfigError, match=r"`decoy_seed` \(style option\) must be an integer >= 0, got -1"):
+        StyleCloak(tiny_components, decoy_seed=-1)
