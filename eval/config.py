@@ -310,6 +310,39 @@ def parse_config(raw: dict[str, Any], path: Path) -> EvalConfig:
     )
 
 
+def with_artist_folders(config: EvalConfig, folders: list[str | Path] | tuple[str | Path, ...]) -> EvalConfig:
+    """Replace the config's artists by folders of images (each named after its folder), keeping ``n_train``.
+
+    This is how a built-in config such as ``paper-style`` gets its artist: ``cloak eval paper-style --artist DIR``.
+    """
+    template = config.artists[0]
+    artists = []
+    for folder in folders:
+        path = Path(folder).expanduser().resolve()
+        artists.append(
+            ArtistSpec(
+                name=_safe_name(path.name, f"artist folder {path}"),
+                folder=path,
+                n_train=template.n_train,
+                n_heldout=template.n_heldout,
+            )
+        )
+    names = [a.name for a in artists]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"artist folders must have distinct names, got {', '.join(names)}.")
+    return dataclasses.replace(config, artists=tuple(artists))
+
+
+def check_artist_folders(config: EvalConfig) -> None:
+    """Fail before any model loads when a folder artist's folder is missing."""
+    for a in config.artists:
+        if a.folder is not None and not a.folder.is_dir():
+            raise ConfigError(
+                f"{config.source}: artist {a.name!r}: the folder {a.folder} does not exist; set `folder` in the "
+                "config or pass the artist's folder (cloak eval CONFIG --artist FOLDER)."
+            )
+
+
 def _tables(raw: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
     value = raw.get(key, [])
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):

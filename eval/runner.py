@@ -21,7 +21,7 @@ import platform
 import subprocess
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -35,7 +35,15 @@ from cloak.errors import CloakError, ConfigError
 from cloak.imageio import atomic_write_bytes, atomic_write_json
 from eval import data
 from eval import metrics as M
-from eval.config import ArtistSpec, DefenceSpec, EvalConfig, MimicSpec, load_config
+from eval.config import (
+    ArtistSpec,
+    DefenceSpec,
+    EvalConfig,
+    MimicSpec,
+    check_artist_folders,
+    load_config,
+    with_artist_folders,
+)
 from eval.mimics import finetune, generate, img2img
 from eval.summary import CLEAN, NO_ATTACK, summarise
 
@@ -299,32 +307,36 @@ class _Grid:
             prompts += [prompt] * gen_cfg.n
         return torch.cat(images), prompts
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Features for style similarity and Frechet distance: the judge's when there is one, else CLIP's."""
-        if self.judge is not None:
-            return self.judge.features(images).float().cpu()
-        return M.clip_image_features(self.clip, images)
-
     def measure(self, artist: ArtistSpec, images: torch.Tensor, prompts: list[str]) -> dict[str, Any]:
-        """Every mimicry metric of one cell's generations."""
+        """Every mimicry metric of one cell's generations.
+
+        Style similarity and the Frechet distance use the judge's features when there is a judge, else CLIP's.
+        """
         row: dict[str, Any] = {"n_generated": int(images.shape[0]), "sharpness": M.sharpness(images)}
         if self.judge is not None and artist.style is not None and artist.style in self.judge.style_names:
             row["success"] = M.judge_success(self.judge, images, artist.style)
-        if self.judge is not None or self.clip is not None:
-            if artist.name not in self._ref_feats:
-                self._ref_feats[artist.name] = self.features(data.to_batch(self.artist_images(artist.name).heldout))
-            ref = self._ref_feats[artist.name]
-            feats = self.features(images)
-            row["style_similarity"] = M.style_similarity(feats, ref)
-            row["fd"] = M.frechet_distance(feats, ref) if feats.shape[0] >= 2 else None
+        clip_feats = None if self.clip is None else M.clip_image_features(self.clip, images)
         if self.clip is not None:
             text = M.clip_text_features(self.clip, self.clip_tokenizer, prompts)
-            row["clip_score"] = M.clip_score(M.clip_image_features(self.clip, images), text)
+            row["clip_score"] = M.clip_score(clip_feats, text)
+        if self.judge is not None or self.clip is not None:
+            if artist.name not in self._ref_feats:
+                heldout = data.to_batch(self.artist_images(artist.name).heldout)
+                self._ref_feats[artist.name] = self._features(heldout)
+            ref = self._ref_feats[artist.name]
+            feats = self._features(images) if clip_feats is None or self.judge is not None else clip_feats
+            row["style_similarity"] = M.style_similarity(feats, ref)
+            row["fd"] = M.frechet_distance(feats, ref) if feats.shape[0] >= 2 else None
         if row.get("success") is not None:
             row["score"], row["score_name"] = row["success"], "success"
         elif row.get("style_similarity") is not None:
             row["score"], row["score_name"] = row["style_similarity"], "style_similarity"
         return row
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.judge is not None:
+            return self.judge.features(images).float().cpu()
+        return M.clip_image_features(self.clip, images)
 
     def run_cell(self, cell: Cell) -> dict[str, Any]:
         start = time.perf_counter()
@@ -388,10 +400,11 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run(
-    config_path_or_name: str | Path,
+    config_path_or_name: str | Path | EvalConfig,
     out_dir: Path,
     resume: bool = True,
     *,
+    artists: Sequence[str | Path] = (),
     device: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -399,10 +412,13 @@ def run(
     """Run an evaluation grid and write its results and report into ``out_dir``.
 
     Args:
-        config_path_or_name: a TOML file or a built-in config name (``quick``, ``paper-style``, ``paper-face``).
+        config_path_or_name: a TOML file, a built-in config name (``quick``, ``paper-style``, ``paper-face``), or
+            an ``EvalConfig`` already loaded.
         out_dir: the output folder (created).
         resume: skip the cells ``out_dir/results.json`` records as finished (failed cells run again); False
             starts the grid afresh (cached images are still reused: they depend only on config and seed).
+        artists: folders of images that replace the config's artists (``n_train`` kept from the config), e.g.
+            for ``paper-style``.
         device: overrides the config's ``device`` ("auto", "cpu", "cuda", ...).
         progress: show rich progress bars (on stderr).
         log: called with one line per finished or failed cell; default prints through rich.
@@ -424,7 +440,10 @@ def run(
         TimeRemainingColumn,
     )
 
-    config = load_config(config_path_or_name)
+    config = config_path_or_name if isinstance(config_path_or_name, EvalConfig) else load_config(config_path_or_name)
+    if artists:
+        config = with_artist_folders(config, tuple(artists))
+    check_artist_folders(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, quiet=not progress)
