@@ -1,14 +1,16 @@
 """End to end: the real page on 127.0.0.1, driven in headless Chromium (Debian's, FIELD_NOTES section 1).
 
 Uploads a picture, presses the button, waits for the result, downloads the cloaked PNG and checks it: same size as
-the input, L-inf within the budget, and the very bytes the library wrote. With ``CLOAK_SCREENSHOT=1`` it also
-saves the page with its result to ``docs/screenshot.png`` (the picture shown in the README).
+the input, L-inf within the budget, the very bytes the library wrote; then the zip of all results. With
+``CLOAK_SCREENSHOT=1`` it also saves the page with its result to ``docs/screenshot.png`` (shown in the README).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +104,10 @@ def test_cloak_an_image_in_the_browser(server, tmp_path):
                 link.click()
             downloaded = tmp_path / "downloaded.png"
             info.value.save_as(downloaded)
+            with page.expect_download(timeout=10_000) as info:
+                page.locator('#download-all a[download="cloaked-images.zip"]').click()
+            archive = tmp_path / "downloaded.zip"
+            info.value.save_as(archive)
             if os.environ.get("CLOAK_SCREENSHOT") == "1":
                 expect(page.locator("#before img, #after img").first).to_be_visible(timeout=10_000)
                 page.screenshot(path=str(SCREENSHOT), full_page=True)
@@ -113,3 +119,7 @@ def test_cloak_an_image_in_the_browser(server, tmp_path):
     assert 0 < linf(original.rgb, cloaked.rgb) <= 8  # the default preset's budget, measured on the download
     written = sorted((tmp_path / "work").glob("run-*/cloaked/landscape.png"))
     assert len(written) == 1 and downloaded.read_bytes() == written[0].read_bytes()  # what the library wrote
+    with zipfile.ZipFile(archive) as zf:
+        assert sorted(zf.namelist()) == ["landscape.cloak.json", "landscape.png"]
+        assert zf.read("landscape.png") == downloaded.read_bytes()
+        assert json.loads(zf.read("landscape.cloak.json"))["linf"] == linf(original.rgb, cloaked.rgb)
