@@ -306,3 +306,5 @@ def test_style_options_are_validated(tiny_components):
         StyleCloak(tiny_components, strength=1.5)
     with pytest.raises(ConfigError, match=r"`decoy_seed` \(style option\) must be an integer >= 0, got -1"):
         StyleCloak(tiny_components, decoy_seed=-1)
+    with pytest.raises(ConfigError, match=r"must be >= 1; got strength 0.01 and num_inference_steps 20"):
+        StyleCloak(tiny_components, strength=0.01)

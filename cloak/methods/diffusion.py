@@ -153,7 +153,7 @@ def img2img(
         prompt_embeds: the condition (1, 77, D).
         negative_embeds: the unconditional condition (1, 77, D), usually the empty prompt.
         strength: fraction of the noise schedule, in (0, 1]; 1 ignores the image.
-        num_inference_steps: DDIM steps of the full schedule; about ``strength * num_inference_steps`` are run.
+        num_inference_steps: DDIM steps of the full schedule; ``int(strength * num_inference_steps)`` (>= 1) are run.
         guidance_scale: classifier-free guidance weight (1: none).
         generator: draws the starting noise.
 
@@ -168,11 +168,11 @@ def img2img(
     start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
     timesteps = ddim.timesteps[start:]
     with torch.no_grad():
-        z0 = vae_latents(vae, x)
+        z0 = vae_latents(vae, x).float()  # the scheduler's arithmetic stays in float32, even under autocast
         eps = torch.randn(z0.shape, generator=generator, device=generator.device, dtype=torch.float32)
-        z = ddim.add_noise(z0, eps.to(z0.device, z0.dtype), timesteps[:1])
+        z = ddim.add_noise(z0, eps.to(z0.device), timesteps[:1])
         embeds = torch.cat([negative_embeds, prompt_embeds])
         for t in timesteps:
-            uncond, cond = unet(torch.cat([z, z]), t, encoder_hidden_states=embeds).sample.chunk(2)
+            uncond, cond = unet(torch.cat([z, z]), t, encoder_hidden_states=embeds).sample.float().chunk(2)
             z = ddim.step(uncond + guidance_scale * (cond - uncond), t, z).prev_sample
         return from_vae(vae.decode(z / vae.config.scaling_factor).sample)

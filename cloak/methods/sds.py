@@ -1,15 +1,16 @@
 """``sds``: the denoising loss optimised with the score-distillation gradient (no backward through the UNet).
 
 Xue et al., "Toward Effective Protection Against Diffusion-Based Mimicry through Score Distillation", ICLR'24,
-https://arxiv.org/abs/2311.17134 (code: https://github.com/xavihart/Diff-Protect).
+https://arxiv.org/abs/2311.12832 (code: https://github.com/xavihart/Diff-Protect).
 
 Targets the VAE encoder, steered by the UNet. The paper finds the encoder, not the denoiser, is the weak point, so it
 replaces the gradient of the diffusion loss ``L_DM = E_{t, eps} ||eps_theta(z_t, t, c) - eps||^2`` with respect to
-``z = E(x + delta)`` by the score-distillation (SDS) estimate of Poole et al. (DreamFusion, https://arxiv.org/abs/
-2209.14988): the UNet Jacobian ``d eps_theta / d z_t`` is dropped, leaving ``(eps_theta - eps)`` (weighting 1, as the
-paper's code), back-propagated through the encoder only. The UNet runs forward under ``no_grad``: about 2x faster and
-half the memory of ``advdm`` (FIELD_NOTES section 3). ``minimise=True`` is SDS(-), which the paper recommends: it
-found that *minimising* the loss protects better and looks more natural than maximising it (SDS(+)).
+``z = E(x + delta)`` by the score-distillation (SDS) estimate of Poole et al. (DreamFusion,
+https://arxiv.org/abs/2209.14988): the UNet Jacobian ``d eps_theta / d z_t`` is dropped, leaving ``(eps_theta - eps)``
+(weighting 1, as the paper's code), back-propagated through the encoder only. The UNet runs forward under
+``no_grad``: about 2x faster and half the memory of ``advdm`` (FIELD_NOTES section 3). ``minimise=True`` is SDS(-),
+the paper's recommendation: "counterintuitively minimizing the semantic loss" gives a robust protection with more
+natural-looking perturbations than maximising it (SDS(+), the AdvDM direction).
 
 The loss returned has the value of ``L_DM`` (so it can be logged and compared) and the SDS gradient:
 ``L_DM.detach() + <g, z - z.detach()>`` with ``g = 2 (eps_theta - eps) / numel(z)`` held constant; SDS(+) negates it.

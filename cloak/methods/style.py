@@ -88,7 +88,8 @@ class StyleCloak(Objective):
             decoy is rendered by SDEdit, otherwise procedurally.
         decoy_prompt: the decoy style. Default ``"an impressionist oil painting with thick brush strokes"``.
         strength: SDEdit noise level, fraction of the schedule in (0, 1]. Default 0.5.
-        num_inference_steps: DDIM steps of the full schedule (about ``strength`` x this are run). Default 20.
+        num_inference_steps: DDIM steps of the full schedule; ``int(strength x num_inference_steps)`` (>= 1) are run.
+            Default 20.
         guidance_scale: classifier-free guidance weight of the decoy prompt. Default 7.5.
         decoy_seed: seeds the SDEdit noise. Default 0.
         clip_model: an open_clip model name for an extra CLIP image-feature term (``cloak.models.load_open_clip``),
@@ -121,6 +122,11 @@ class StyleCloak(Objective):
         if not isinstance(clip_weight, (int, float)) or clip_weight < 0:
             raise ConfigError(f"`clip_weight` (style option) must be a number >= 0, got {clip_weight!r}.")
         self.num_inference_steps = positive_int(num_inference_steps, "num_inference_steps", self.name)
+        if int(strength * num_inference_steps) < 1:
+            raise ConfigError(
+                f"style's SDEdit runs int(strength x num_inference_steps) denoising steps, which must be >= 1; got "
+                f"strength {strength} and num_inference_steps {num_inference_steps}."
+            )
         self.strength, self.guidance_scale, self.clip_weight = float(strength), float(guidance_scale), clip_weight
         if not isinstance(decoy_seed, int) or isinstance(decoy_seed, bool) or decoy_seed < 0:
             raise ConfigError(f"`decoy_seed` (style option) must be an integer >= 0, got {decoy_seed!r}.")
