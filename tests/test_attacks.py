@@ -348,3 +348,149 @@ def test_impress_lpips_hinge_used(tiny_components):
     y = parse_spec("impress:iterations=2,lpips_eps=0.01", tiny_components, lpips=fake_lpips)(x, torch.Generator())
     assert len(calls) == 2 and all(all(c) for c in calls)
     assert y.shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files: attacks.batch.purify_files (the `cloak purify` command)
+
+
+def write_png(path, mode: str, size=(20, 16), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(path)
+    return path
+
+
+def test_purify_files_writes_every_pair(tmp_path):
+    from attacks.batch import purify_files
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb, rgba, grey = write_png(src / "a.png", "RGB"), write_png(src / "b.png", "RGBA"), write_png(src / "c.png", "L")
+    lines = []
+    code = purify_files(
+        [str(rgb), str(rgba), str(grey)],
+        tmp_path / "out",
+        ["jpeg:quality=50", "blur", "noise"],
+        None,
+        0,
+        "cpu",
+        echo=lines.append,
+    )
+    assert code == 0 and len(lines) == 9
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(
+        [f"{s}.{t}.png" for s in "abc" for t in ("jpeg-quality=50", "blur", "noise")] + ["purify.json"]
+    )
+    with Image.open(tmp_path / "out" / "b.blur.png") as im:
+        assert im.mode == "RGBA" and im.size == (20, 16)
+        assert np.array_equal(np.asarray(im)[..., 3], np.asarray(Image.open(rgba))[..., 3])  # alpha kept
+    with Image.open(tmp_path / "out" / "c.noise.png") as im:
+        assert im.mode == "L"
+    blurred = np.asarray(Image.open(tmp_path / "out" / "a.blur.png")).astype(float)
+    original = np.asarray(Image.open(rgb)).astype(float)
+    assert np.abs(np.diff(blurred, axis=1)).mean() < 0.5 * np.abs(np.diff(original, axis=1)).mean()
+    import json
+
+    record = json.loads((tmp_path / "out" / "purify.json").read_text())
+    assert record["specs"] == ["jpeg:quality=50", "blur", "noise"] and record["seed"] == 0
+    assert {o["spec"] for o in record["outputs"]} == {"jpeg:quality=50", "blur", "noise"}
+    # Same seed, same bytes; inputs untouched.
+    first = (tmp_path / "out" / "a.noise.png").read_bytes()
+    assert purify_files([str(rgb)], tmp_path / "out2", ["noise"], None, 0, "cpu", echo=lines.append) == 0
+    assert (tmp_path / "out2" / "a.noise.png").read_bytes() == first
+    assert purify_files([str(rgb)], tmp_path / "out3", ["noise"], None, 1, "cpu", echo=lines.append) == 0
+    assert (tmp_path / "out3" / "a.noise.png").read_bytes() != first
+
+
+def test_purify_files_reports_bad_files_and_goes_on(tmp_path):
+    from attacks.batch import purify_files
+
+    good = write_png(tmp_path / "good.png", "RGB")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    lines = []
+    assert (
+        purify_files([str(bad), str(good)], tmp_path / "out", ["bitdepth:bits=2"], None, 0, "cpu", echo=lines.append)
+        == 1
+    )
+    assert (tmp_path / "out" / "good.bitdepth-bits=2.png").exists()
+    assert any(line.startswith("error:") and "bad.png" in line for line in lines)
+
+
+def test_purify_files_refuses_collisions(tmp_path):
+    from attacks.batch import purify_files
+
+    a = write_png(tmp_path / "a.png", "RGB")
+    a_jpeg = write_png(tmp_path / "a.jpeg.png", "RGB", seed=1)
+    before = a_jpeg.read_bytes()
+    with pytest.raises(ConfigError, match=r"a.jpeg.png is an input file and would be overwritten"):
+        purify_files([str(a), str(a_jpeg)], tmp_path, ["jpeg"], None, 0, "cpu")
+    assert a_jpeg.read_bytes() == before
+    (tmp_path / "sub").mkdir()
+    other = write_png(tmp_path / "sub" / "a.png", "RGB")
+    with pytest.raises(ConfigError, match=r"share the name 'a': their outputs would collide"):
+        purify_files([str(a), str(other)], tmp_path / "out", ["jpeg"], None, 0, "cpu")
+    with pytest.raises(ConfigError, match=r"the attack\(s\) diffpure need a diffusion model; pass --model testbed"):
+        purify_files([str(a)], tmp_path / "out", ["jpeg", "diffpure"], None, 0, "cpu")
+    with pytest.raises(ConfigError, match=r"give at least one --attack SPEC"):
+        purify_files([str(a)], tmp_path / "out", [], None, 0, "cpu")
+
+
+def test_purify_files_with_a_model(tmp_path, tiny_model_dir):
+    from attacks.batch import purify_files
+
+    a = write_png(tmp_path / "a.png", "RGB", size=(40, 24))
+    code = purify_files(
+        [str(a)], tmp_path / "out", ["diffpure:steps=1", "jpeg"], str(tiny_model_dir), 0, "cpu", echo=print
+    )
+    assert code == 0
+    with Image.open(tmp_path / "out" / "a.diffpure-steps=1.png") as im:
+        assert im.size == (40, 24)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# attacks.bench
+
+
+def test_bench_measures_shift_removed_and_psnr(tiny_components):
+    from attacks.bench import bench, format_table
+    from cloak.imageio import from_tensor
+    from cloak.metrics import psnr
+
+    clean = [smooth_image(32, 32, batch=1), smooth_image(32, 40, batch=1).flip(-1)]
+    # A synthetic cloak: a +-8/255 checkerboard (high frequency, like PGD perturbations), saved as 8 bit.
+    cloaked = []
+    for x in clean:
+        yy, xx = torch.meshgrid(torch.arange(x.shape[-2]), torch.arange(x.shape[-1]), indexing="ij")
+        checker = ((yy + xx) % 2 * 2 - 1).float() * 8 / 255
+        cloaked.append(eight_bit((x + checker).clamp(0, 1)))
+    clean = [eight_bit(x) for x in clean]
+    rows = bench(tiny_components, clean, cloaked, ["identity", "blur:sigma=1.5", "noise:sigma=0.02"], seed=0)
+    by_spec = {r.spec: r for r in rows}
+    assert by_spec["identity"].removed == 0 and by_spec["identity"].removed_min == 0
+    expected_psnr = sum(psnr(from_tensor(a), from_tensor(b)) for a, b in zip(clean, cloaked, strict=True)) / 2
+    assert by_spec["identity"].psnr == pytest.approx(expected_psnr)
+    assert by_spec["blur:sigma=1.5"].removed > 0.5  # a blur all but erases a checkerboard
+    blur = parse_spec("blur:sigma=1.5")
+    blur_psnr = [
+        psnr(from_tensor(a), from_tensor(blur(b, torch.Generator()))) for a, b in zip(clean, cloaked, strict=True)
+    ]
+    assert by_spec["blur:sigma=1.5"].psnr == pytest.approx(sum(blur_psnr) / 2)
+    # Shared noise draws: noise does not count as remaining cloak, so it removes little of a checkerboard.
+    assert abs(by_spec["noise:sigma=0.02"].removed) < 0.5
+    table = format_table(rows)
+    lines = table.splitlines()
+    assert lines[0].startswith("| attack | shift removed") and lines[2].startswith("| `blur:sigma=1.5` |")
+    assert len(lines) == 5
+
+
+def test_bench_refuses_mismatched_inputs(tiny_components):
+    from attacks.bench import bench
+
+    with pytest.raises(ConfigError, match=r"need as many cloaked as clean images \(at least one\), got 1 and 0"):
+        bench(tiny_components, [smooth_image(batch=1)], [], ["identity"])
+    x = smooth_image(batch=1)
+    with pytest.raises(ConfigError, match=r"there is no latent shift to remove"):
+        bench(tiny_components, [x], [x.clone()], ["identity"])

@@ -28,6 +28,15 @@ from cloak.transforms import (
 JPEG_MAE_BOUND = 1.5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on this shared 2-core machine, 2 threads under load were many times slower."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def natural_ish(seed: int, h: int, w: int) -> np.ndarray:
     """An (h, w, 3) uint8 image with smooth structure, an edge and mild noise."""
     rng = np.random.default_rng(seed)
