@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from cloak import imageio
 from cloak.batch import Job, run_job
 from cloak.errors import ConfigError
 from cloak.imageio import SUPPORTED_SUFFIXES, ImageError, load_artwork, save_artwork
@@ -347,28 +348,37 @@ def estimate(
         return f"Cannot estimate: {err}"
     with tempfile.TemporaryDirectory(dir=backend.work_root) as scratch:
         uploads, _ = expand_uploads(paths, Path(scratch))
-        sizes = []
+        sizes, too_large = [], 0
         for upload in uploads:
             try:
                 with Image.open(upload.path) as im:  # reads the header only
-                    sizes.append(im.size)
-            except (OSError, SyntaxError, ValueError):
+                    width, height = im.size
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
                 continue
+            if width * height > imageio.MAX_PIXELS:
+                too_large += 1
+            else:
+                sizes.append((width, height))
     if not sizes:
-        return "None of these files can be read as an image."
+        return "None of these files can be cloaked: " + ("too large." if too_large else "not readable as images.")
     seconds = estimate_seconds(backend, sizes, config)
     if seconds is None:
         return (
             f"No time estimate for the **{config.method}** method: only {', '.join(backend.step_seconds)} was "
             "timed at start-up. It is usually slower, because it runs the diffusion model too."
         )
-    count, unreadable = len(sizes), len(uploads) - len(sizes)
+    count, unreadable = len(sizes), len(uploads) - len(sizes) - too_large
     text = (
         f"Estimated time: **{format_duration(seconds)}** for {count} image{'s' * (count != 1)} "
         f"on this computer ({backend.components.device.type}). This is an estimate from a test run at start-up."
     )
     if unreadable:
         text += f" ({unreadable} unreadable file{'s' * (unreadable != 1)} not counted.)"
+    if too_large:
+        text += (
+            f" **{too_large} image{'s are' if too_large != 1 else ' is'} over the size limit** "
+            f"({imageio.MAX_PIXELS:,} pixels) and will be refused."
+        )
     return text
 
 

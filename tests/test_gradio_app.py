@@ -137,6 +137,16 @@ def test_image_over_the_size_limit_gets_a_clear_message(backend, uploads, monkey
     assert [item.status for item in report.items] == ["failed", "failed"]
     assert report.items[0].message.startswith("sky.png: ") and "limit" in report.items[0].message
     assert report.archive is None
+    text = handlers.estimate(backend, [uploads["sky.png"]], "fast", None, None, None)
+    assert text == "None of these files can be cloaked: too large."
+    uploads_big = [uploads["sky.png"], uploads["photo.jpg"]]
+    monkeypatch.setattr(cloak.imageio, "MAX_PIXELS", 32 * 32 - 1)
+    Image.fromarray(_noise(16, 16)).save(uploads["sky.png"].parent / "small.png")
+    text = handlers.estimate(backend, [*uploads_big, uploads["sky.png"].parent / "small.png"], "fast", None, 2, None)
+    assert text.endswith(
+        "for 1 image on this computer (cpu). This is an estimate from a test run at start-up. "
+        "**2 images are over the size limit** (1,023 pixels) and will be refused."
+    )
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> Path:
@@ -242,6 +252,9 @@ def test_estimate_scales_with_steps_and_images(backend, uploads):
     )
     assert "No time estimate for the **advdm** method" in handlers.estimate(
         backend, [uploads["sky.png"]], "default", "advdm", None, None
+    )
+    assert handlers.estimate(backend, [uploads["broken.png"]], "default", None, None, None) == (
+        "None of these files can be cloaked: not readable as images."
     )
     assert handlers.estimate(backend, [uploads["sky.png"]], "default", None, 300, None).startswith(
         "Cannot estimate: `eps` must be in (0, 255]"
