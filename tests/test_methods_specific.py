@@ -268,6 +268,12 @@ def test_style_procedural_decoy_without_a_diffusion_model(tiny_components):
     assert (decoy - x).abs().mean() < (decoy - _x(seed=1).flip(-1)).abs().mean()
     result = Cloaker(vae_only, CloakConfig(method="style", eps=8, steps=4)).protect(_image(), seed=0)
     assert result.losses[-1] < result.losses[0]
+    # The choice can be forced either way.
+    forced = StyleCloak(tiny_components, decoy="procedural")
+    assert not forced.sdedit and forced.multiple == 2
+    torch.testing.assert_close(forced.target(x, _gen()).decoy, decoy)
+    with pytest.raises(ConfigError, match=r"decoy='sdedit' needs the model parts \['scheduler', 'text_encoder', "):
+        StyleCloak(vae_only, decoy="sdedit")
 
 
 def test_style_clip_term(tiny_components, monkeypatch):
@@ -306,5 +312,7 @@ def test_style_options_are_validated(tiny_components):
         StyleCloak(tiny_components, strength=1.5)
     with pytest.raises(ConfigError, match=r"`decoy_seed` \(style option\) must be an integer >= 0, got -1"):
         StyleCloak(tiny_components, decoy_seed=-1)
+    with pytest.raises(ConfigError, match=r"`decoy` \(style option\) must be one of auto, sdedit, procedural, got 'x"):
+        StyleCloak(tiny_components, decoy="x")
     with pytest.raises(ConfigError, match=r"must be >= 1; got strength 0.01 and num_inference_steps 20"):
         StyleCloak(tiny_components, strength=0.01)

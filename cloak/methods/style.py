@@ -8,12 +8,12 @@ encoder. Glaze first renders the artwork in a decoy style with the model itself,
 minimises ``|| Phi(x + delta) - Phi(x_d) ||^2 + a * max(LPIPS(x + delta, x) - p, 0)``: a mimic that fine-tunes on the
 cloaked image learns the decoy style where the artist's should be. Here:
 
-- the decoy ``x_d``, computed once per view in :meth:`StyleCloak.target`: when the components include the UNet, text
-  encoder, tokenizer and scheduler, an SDEdit/img2img pass of the view under ``decoy_prompt`` at ``strength``
-  (``cloak.methods.diffusion.img2img``); otherwise a procedural decoy (:func:`procedural_decoy`: a posterised,
-  smoothed rendering with diagonal brush-stroke ridges). Its noise comes from a generator seeded with ``decoy_seed``,
-  not from the cloak's generator, so an artwork always gets the same decoy whatever the cloak's seed (Glaze's decoy
-  is a fixed function of the artwork and the target style);
+- the decoy ``x_d``, computed once per view in :meth:`StyleCloak.target`: an SDEdit/img2img pass of the view under
+  ``decoy_prompt`` at ``strength`` (``cloak.methods.diffusion.img2img``) when the components include the UNet, text
+  encoder, tokenizer and scheduler (``decoy="auto"``) or with ``decoy="sdedit"``; otherwise a procedural decoy
+  (:func:`procedural_decoy`: a posterised, smoothed rendering with diagonal brush-stroke ridges). SDEdit's noise
+  comes from a generator seeded with ``decoy_seed``, not from the cloak's generator, so an artwork always gets the
+  same decoy whatever the cloak's seed (Glaze's decoy is a fixed function of the artwork and the target style);
 - ``Phi``: the VAE latent (posterior mean), mean squared error; plus, with ``clip_model``, ``clip_weight`` times the
   cosine distance of open_clip image embeddings;
 - Glaze's LPIPS hinge is the shared ``CloakConfig.lpips_bound`` / ``lpips_weight`` (p = 0.05 in the paper), applied
@@ -65,6 +65,10 @@ def procedural_decoy(x: torch.Tensor, period: int = 16, levels: int = 5) -> torc
     return (poster * (0.8 + 0.4 * strokes)).clamp(0.0, 1.0)
 
 
+#: Values of the ``decoy`` option.
+DECOYS = ("auto", "sdedit", "procedural")
+
+
 @dataclass
 class StyleTarget:
     """What the loss pulls toward, for one view.
@@ -84,8 +88,10 @@ class StyleCloak(Objective):
     """Pull VAE (and optionally CLIP) features of the artwork toward a decoy-style rendering.
 
     Args:
-        components: needs ``vae``; with ``unet``, ``text_encoder``, ``tokenizer`` and ``scheduler`` also present the
-            decoy is rendered by SDEdit, otherwise procedurally.
+        components: needs ``vae``; SDEdit decoys also need ``unet``, ``text_encoder``, ``tokenizer``, ``scheduler``.
+        decoy: how the decoy is rendered: ``"sdedit"``, ``"procedural"`` (:func:`procedural_decoy`), or ``"auto"``
+            (default): SDEdit when those parts are loaded, else procedural. Pass it explicitly to get the same cloak
+            whatever parts another method made the caller load.
         decoy_prompt: the decoy style. Default ``"an impressionist oil painting with thick brush strokes"``.
         strength: SDEdit noise level, fraction of the schedule in (0, 1]. Default 0.5.
         num_inference_steps: DDIM steps of the full schedule; ``int(strength x num_inference_steps)`` (>= 1) are run.
@@ -105,6 +111,7 @@ class StyleCloak(Objective):
     def __init__(
         self,
         components: Components,
+        decoy: str = "auto",
         decoy_prompt: str = "an impressionist oil painting with thick brush strokes",
         strength: float = 0.5,
         num_inference_steps: int = 20,
@@ -131,7 +138,12 @@ class StyleCloak(Objective):
         if not isinstance(decoy_seed, int) or isinstance(decoy_seed, bool) or decoy_seed < 0:
             raise ConfigError(f"`decoy_seed` (style option) must be an integer >= 0, got {decoy_seed!r}.")
         self.decoy_seed = decoy_seed
-        self.sdedit = all(getattr(components, part) is not None for part in DIFFUSION_PARTS)
+        if decoy not in DECOYS:
+            raise ConfigError(f"`decoy` (style option) must be one of {', '.join(DECOYS)}, got {decoy!r}.")
+        missing = sorted(part for part in DIFFUSION_PARTS if getattr(components, part) is None)
+        if decoy == "sdedit" and missing:
+            raise ConfigError(f"style option decoy='sdedit' needs the model parts {missing}, which were not loaded.")
+        self.sdedit = decoy == "sdedit" or (decoy == "auto" and not missing)
         if self.sdedit:
             prediction_type(components.scheduler)
             te, tok = components.text_encoder, components.tokenizer
