@@ -170,6 +170,36 @@ def protect(
     raise typer.Exit(1 if counts["failed"] else 0)
 
 
+@app.command()
+def purify(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the purified PNGs and purify.json."),
+    attack: list[str] = typer.Option(..., help="Purifier spec, e.g. jpeg:quality=75 or diffpure:t=0.2 (repeatable)."),
+    model: str | None = typer.Option(None, help="Model for diffusion purifiers: `testbed`, a model id or folder."),
+    seed: int = typer.Option(0, help="Random seed of every draw."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
+) -> None:
+    """Apply what a mimicker would do to strip a cloak (JPEG, blur, DiffPure, ...), to test a cloak yourself."""
+    from attacks.batch import purify_files
+    from cloak.batch import collect_inputs
+    from cloak.errors import ConfigError, ModelNotFoundError
+
+    pairs, errors = collect_inputs(inputs, exclude=out)
+    for message in errors:
+        console.print(f"[red]FAILED[/red] {message}")
+    if not pairs:
+        raise typer.Exit(1)
+    try:
+        code = purify_files([str(p) for p, _ in pairs], out, attack, model, seed, device,
+                            echo=lambda line: console.print(line, markup=False))
+    except ModelNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    except ConfigError as err:
+        raise _usage_error(str(err)) from None
+    raise typer.Exit(1 if errors else code)
+
+
 @app.command("app")
 def web_app(
     model: str = typer.Option(DEFAULT_MODEL, help="Diffusers model id, local folder, .safetensors file or `testbed`."),

@@ -158,3 +158,20 @@ def test_eval_unknown_config_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["eval", "no-such-config", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "no-such-config" in result.output
+
+
+def test_purify_files_and_errors(tmp_path):
+    folder = tmp_path / "cloaked"
+    folder.mkdir()
+    Image.fromarray(_noise(24, 20)).save(folder / "a.png")
+    out = tmp_path / "purified"
+    ok = runner.invoke(app, ["purify", str(folder), "--out", str(out), "--attack", "jpeg:quality=50",
+                             "--attack", "blur:sigma=1"])
+    assert ok.exit_code == 0, ok.output
+    made = sorted(p.name for p in out.glob("*.png"))
+    assert len(made) == 2 and all(name.startswith("a.") for name in made)
+    assert Image.open(out / made[0]).size == (20, 24)
+    bad = runner.invoke(app, ["purify", str(folder), "--out", str(out), "--attack", "sharpen"])
+    assert bad.exit_code == 2 and "Unknown attack 'sharpen'" in bad.output
+    needs = runner.invoke(app, ["purify", str(folder), "--out", str(out), "--attack", "diffpure"])
+    assert needs.exit_code == 2 and "need a diffusion model" in needs.output
