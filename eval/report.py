@@ -22,7 +22,7 @@ from PIL import Image
 from cloak.imageio import atomic_write_bytes
 from eval import data
 from eval.config import EvalConfig
-from eval.summary import CLEAN, NO_ATTACK
+from eval.summary import NO_ATTACK
 
 THUMB = 96  # px, side of each training-image thumbnail
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -81,7 +81,7 @@ def svg_plot(
     xlabel: str,
     ylabel: str,
     lines: bool = True,
-    width: int = 460,
+    width: int = 500,
     height: int = 300,
 ) -> str:
     """A line (or scatter) plot as inline SVG: ``series`` is ``(label, xs, ys)``; None values are skipped."""
@@ -92,7 +92,7 @@ def svg_plot(
     y0, y1 = min(min(p[1] for p in pts), 0.0), max(max(p[1] for p in pts), 0.0)
     pad_x, pad_y = (x1 - x0) * 0.05 or 1.0, (y1 - y0) * 0.08 or 0.1
     x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
-    left, right, top, bottom = 56, 130, 12, 42
+    left, right, top, bottom = 56, 170, 12, 42
     w, h = width - left - right, height - top - bottom
 
     def sx(x: float) -> float:
@@ -123,7 +123,7 @@ def svg_plot(
         out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{colour}"/>' for x, y in p]
         ly = top + 12 + 15 * i
         out.append(f'<rect x="{left + w + 8}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>')
-        out.append(f'<text x="{left + w + 22}" y="{ly + 1}">{html.escape(label[:18])}</text>')
+        out.append(f'<text x="{left + w + 22}" y="{ly + 1}">{html.escape(label[:26])}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -132,7 +132,7 @@ def svg_bars(
     groups: Sequence[str],
     series: Sequence[tuple[str, Sequence[float | None]]],
     ylabel: str,
-    width: int = 460,
+    width: int = 500,
     height: int = 300,
 ) -> str:
     """Grouped bars as inline SVG: one group per entry of ``groups``, one bar per series (None = no bar)."""
@@ -140,7 +140,7 @@ def svg_bars(
     if not values:
         return "<p>(nothing to plot yet)</p>"
     y0, y1 = min(min(values), 0.0), max(max(values), 1.0)
-    left, right, top, bottom = 56, 130, 12, 70
+    left, right, top, bottom = 56, 170, 12, 70
     w, h = width - left - right, height - top - bottom
 
     def sy(y: float) -> float:
@@ -174,7 +174,7 @@ def svg_bars(
         out.append(
             f'<rect x="{left + w + 8}" y="{ly - 8}" width="10" height="10" fill="{COLOURS[i % len(COLOURS)]}"/>'
         )
-        out.append(f'<text x="{left + w + 22}" y="{ly + 1}">{html.escape(label[:18])}</text>')
+        out.append(f'<text x="{left + w + 22}" y="{ly + 1}">{html.escape(label[:26])}</text>')
     out.append(
         f'<text transform="translate(14 {top + h / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>'
     )
@@ -182,56 +182,71 @@ def svg_bars(
     return "".join(out)
 
 
-def _plots(summary: dict[str, list[dict[str, Any]]]) -> str:
-    defences = summary["defences"]
-    figs = []
-    # protection vs budget: one series per (method, mimic), over eps
-    budget: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for d in defences:
-        if d.get("eps") is not None and d.get("effect") is not None:
-            budget[f"{d['method']} {d['mimic']}"].append((d["eps"], d["effect"]))
-    figs.append(
+def _averaged(points: list[tuple[Any, Any, float]]) -> dict[Any, list[tuple[Any, float]]]:
+    """``(series, x, y)`` triples -> per series, ``(x, mean y)`` over repeated x (e.g. several artists)."""
+    acc: dict[Any, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for key, x, y in points:
+        acc[key][x].append(y)
+    return {k: [(x, float(np.mean(ys))) for x, ys in xs.items()] for k, xs in acc.items()}
+
+
+def plots(summary: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]]:
+    """The report's plots as ``(file stem, inline SVG, caption)``: budget, visibility, retained fraction.
+
+    Values are averaged over artists when there are several.
+    """
+    defences = [d for d in summary["defences"] if d.get("effect") is not None]
+    budget = _averaged([(f"{d['method']} {d['mimic']}", d["eps"], d["effect"]) for d in defences if d.get("eps")])
+    vis = _averaged([(d["mimic"], d["vis_psnr"], d["effect"]) for d in defences if d.get("vis_psnr") is not None])
+    cond = [c for c in summary["conditions"] if c["retained"] is not None]
+    retained = _averaged([((c["defence"], c["mimic"]), c["attack"], c["retained"]) for c in cond])
+    attacks = list(dict.fromkeys(c["attack"] for c in cond))
+    bars = [(f"{d} {m}", [dict(v).get(a) for a in attacks]) for (d, m), v in sorted(retained.items())]
+    return [
         (
+            "budget",
             svg_plot(
                 [(k, [p[0] for p in v], [p[1] for p in v]) for k, v in budget.items()],
                 "L-inf budget (/255)",
                 "protection effect",
             ),
             "Protection vs budget: clean score minus protected score, no attack, mean over seeds.",
-        )
-    )
-    vis: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for d in defences:
-        if d.get("vis_psnr") is not None and d.get("effect") is not None:
-            vis[d["mimic"]].append((d["vis_psnr"], d["effect"]))
-    figs.append(
+        ),
         (
+            "visibility",
             svg_plot(
                 [(k, [p[0] for p in v], [p[1] for p in v]) for k, v in vis.items()],
                 "PSNR of the protected files (dB)",
                 "protection effect",
                 lines=False,
             ),
-            "Protection vs visibility: each point a defence (higher PSNR = less visible).",
-        )
-    )
-    cond = [c for c in summary["conditions"] if c["retained"] is not None]
-    attacks = sorted({c["attack"] for c in cond})
-    keys = sorted({(c["defence"], c["mimic"]) for c in cond})
-    lookup = {(c["defence"], c["mimic"], c["attack"]): c["retained"] for c in cond}
-    bar_series = [(f"{d} {m}", [lookup.get((d, m, a)) for a in attacks]) for d, m in keys]
-    figs.append(
+            "Protection vs visibility: each point a defence, no attack (higher PSNR = less visible).",
+        ),
         (
-            svg_bars(attacks, bar_series, "retained fraction"),
+            "retained",
+            svg_bars(attacks, bars, "retained fraction"),
             "Retained fraction per attack: the share of the unattacked protection effect left after purification "
-            "(1 = untouched, 0 = removed; averaged over artists when several).",
-        )
+            "(1 = untouched, 0 = removed).",
+        ),
+    ]
+
+
+def markdown_summary(summary: dict[str, list[dict[str, Any]]]) -> str:
+    """The per-defence summary as a Markdown table (for a README or an issue)."""
+    cols = (
+        "artist",
+        "defence",
+        "mimic",
+        "vis_linf",
+        "vis_psnr",
+        "effect",
+        "worst_attack",
+        "worst_effect",
+        "clean_spread",
     )
-    return (
-        '<div class="plots">'
-        + "".join(f"<figure>{svg}<figcaption>{cap}</figcaption></figure>" for svg, cap in figs)
-        + "</div>"
-    )
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(d.get(c)) for c in cols) + " |" for d in summary["defences"]]
+    return "\n".join(lines) + "\n"
 
 
 def _training_grid(out_dir: Path, config: EvalConfig) -> str:
@@ -271,11 +286,13 @@ def _generation_grid(out_dir: Path, config: EvalConfig, rows: Sequence[dict[str,
     seed = config.seeds[0]
     mimics = [m.name for m in config.mimics]
     by = {(r["artist"], r["defence"], r["attack"], r["mimic"]): r for r in rows if r["seed"] == seed}
+    order = {d.name: i for i, d in enumerate(config.defences)}
+    attack_order = {a: i for i, a in enumerate(config.attacks)}
     parts = []
     for artist in config.artists:
         conds = sorted(
             {(r["defence"], r["attack"]) for r in rows if r["artist"] == artist.name},
-            key=lambda c: (c[0] != CLEAN, c[0], c[1] != NO_ATTACK, c[1]),
+            key=lambda c: (order.get(c[0], -1), attack_order.get(c[1], -1)),
         )
         body = []
         for defence, attack in conds:
@@ -309,8 +326,13 @@ def write_report(
     summary: dict[str, list[dict[str, Any]]],
     run_info: dict[str, Any],
 ) -> Path:
-    """Write ``out_dir/report.html`` (self-contained) and return its path."""
+    """Write ``out_dir/report.html`` (self-contained), ``plots/*.svg`` and ``summary.md``; return the report's path."""
     failed = [r for r in rows if r.get("status") != "ok"]
+    figures = plots(summary)
+    (out_dir / "plots").mkdir(exist_ok=True)
+    for stem, svg, _ in figures:
+        atomic_write_bytes(out_dir / "plots" / f"{stem}.svg", svg.encode("utf-8"))
+    atomic_write_bytes(out_dir / "summary.md", markdown_summary(summary).encode("utf-8"))
     score_names = sorted({r["score_name"] for r in rows if r.get("score_name")})
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>cloak eval: {html.escape(config.name)}</title>"
@@ -345,7 +367,9 @@ def write_report(
             left=4,
         ),
         "<h2>Plots</h2>",
-        _plots(summary),
+        '<div class="plots">'
+        + "".join(f"<figure>{svg}<figcaption>{cap}</figcaption></figure>" for _, svg, cap in figures)
+        + "</div>",
         "<h2>Training images</h2>",
         _training_grid(out_dir, config),
         "<h2>Generations</h2>",

@@ -9,7 +9,8 @@ Seeds are paired across conditions: seed ``s`` draws the same purification param
 noise, and sampling noise for every defence, so conditions differ only by their images.
 
 Outputs in ``out_dir``: ``results.json`` (cells + summary), ``results.csv`` (one row per cell), ``run.json``
-(config, versions, seeds, git revision), ``report.html`` (self-contained), ``images/`` (the cached training
+(config, versions, seeds, git revision), ``report.html`` (self-contained), ``plots/*.svg`` and ``summary.md``
+(the per-defence table in Markdown), ``images/`` (the cached training
 images), ``generations/`` (one PNG grid per cell), ``failures.log`` (tracebacks of failed cells).
 """
 

@@ -74,6 +74,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         if c["defence"] != CLEAN and c["effect"] is not None:
             groups[(c["artist"], c["defence"], c["mimic"])][c["attack"]] = c["effect"]
     for (artist, defence, mimic), effects in sorted(groups.items()):
+        # "none" first: on a tie the attacker need not purify at all
+        effects = dict(sorted(effects.items(), key=lambda item: item[0] != NO_ATTACK))
         worst_attack, worst_effect = worst_case(effects)
         clean_scores = scores.get((artist, CLEAN, NO_ATTACK, mimic), [])
         entry = {

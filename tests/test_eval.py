@@ -376,7 +376,7 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
 
     out = tmp_path / "out"
     assert run(micro_grid, out, progress=False, log=lambda s: None) == 0
-    for name in ("results.json", "results.csv", "run.json", "report.html"):
+    for name in ("results.json", "results.csv", "run.json", "report.html", "summary.md", "plots/budget.svg"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     cells = results["cells"]
