@@ -8,9 +8,11 @@ seed) and (artist, defence, seed, attack), so a re-run and every mimic reuse the
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,17 +115,32 @@ def from_batch(x: Tensor) -> list[np.ndarray]:
     return list(x.permute(0, 2, 3, 1).numpy())
 
 
-def save_set(folder: Path, names: tuple[str, ...], images: list[np.ndarray]) -> None:
-    """Write images as ``<name>.png`` into ``folder`` (created)."""
+INPUTS_FILE = "inputs.json"
+"""Beside cached images: what made them; a cache whose inputs differ is recomputed."""
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of JSON-able settings (dataclasses included)."""
+    text = json.dumps(obj, sort_keys=True, default=lambda o: asdict(o) if is_dataclass(o) else str(o))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def save_set(folder: Path, names: tuple[str, ...], images: list[np.ndarray], inputs: Any = None) -> None:
+    """Write images as ``<name>.png`` into ``folder`` (created), and the fingerprint of ``inputs`` beside them."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, rgb in zip(names, images, strict=True):
         Image.fromarray(rgb).save(folder / f"{name}.png")
+    (folder / INPUTS_FILE).write_text(json.dumps({"fingerprint": fingerprint(inputs)}) + "\n")
 
 
-def load_set(folder: Path, names: tuple[str, ...]) -> list[np.ndarray] | None:
-    """Read ``<name>.png`` for every name from ``folder``, or None when any is missing (not cached yet)."""
+def load_set(folder: Path, names: tuple[str, ...], inputs: Any = None) -> list[np.ndarray] | None:
+    """Read ``<name>.png`` for every name from ``folder``; None when any is missing or the folder was made from
+    other ``inputs`` (a stale cache)."""
     paths = [folder / f"{n}.png" for n in names]
-    if not all(p.is_file() for p in paths):
+    marker = folder / INPUTS_FILE
+    if not all(p.is_file() for p in paths) or not marker.is_file():
+        return None
+    if json.loads(marker.read_text()).get("fingerprint") != fingerprint(inputs):
         return None
     return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
 

@@ -110,6 +110,39 @@ def plan(config: EvalConfig) -> list[Cell]:
     return cells
 
 
+def inputs_of(
+    config: EvalConfig,
+    artist: str,
+    defence: str = CLEAN,
+    attack: str = NO_ATTACK,
+    mimic: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every setting that decides a cached image set (``mimic`` None) or a cell's result; its fingerprint guards
+    caches and resumes, so a cell whose settings changed runs again."""
+    find = {**{a.name: a for a in config.artists}, **{d.name: d for d in config.defences}}
+    out: dict[str, Any] = {
+        "model": config.model,
+        "dtype": config.dtype,
+        "artist": find[artist],
+        "defence": find.get(defence, CLEAN),
+        "attack": attack,
+        "seed": seed,
+    }
+    if mimic is not None:
+        out.update(
+            mimic=next(m for m in config.mimics if m.name == mimic),
+            generation=config.generation,
+            metrics=config.metrics,
+        )
+    return out
+
+
+def cell_fingerprint(config: EvalConfig, cell: Cell) -> str:
+    """The fingerprint of everything that decides ``cell``'s result."""
+    return data.fingerprint(inputs_of(config, cell.artist, cell.defence, cell.attack, cell.mimic, cell.seed))
+
+
 def _stream(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1000 + stream)
 
@@ -196,7 +229,9 @@ class _Grid:
     def artist_images(self, name: str) -> data.ArtistImages:
         if name not in self._images:
             images = data.load_artist(self.artists[name], self.components.resolution)
-            data.save_set(self.out / "images" / name / "clean", images.names, list(images.train))
+            data.save_set(
+                self.out / "images" / name / "clean", images.names, list(images.train), inputs_of(self.config, name)
+            )
             self._images[name] = images
         return self._images[name]
 
@@ -206,14 +241,15 @@ class _Grid:
         if defence == CLEAN:
             return list(images.train)
         folder = self.out / "images" / artist / defence / f"seed{seed}"
-        cached = data.load_set(folder, images.names)
+        inputs = inputs_of(self.config, artist, defence, seed=seed)
+        cached = data.load_set(folder, images.names, inputs)
         if cached is None:
             spec = self.defences[defence]
             if spec.precomputed is not None:
                 cached = data.load_precomputed(spec, artist, images.names, self.components.resolution)
             else:
                 cached = [self._cloak(spec, rgb, seed * 100_003 + i) for i, rgb in enumerate(images.train)]
-            data.save_set(folder, images.names, cached)
+            data.save_set(folder, images.names, cached, inputs)
         if (artist, defence, seed) not in self._visibility:
             self._visibility[(artist, defence, seed)] = M.visibility(images.train, cached, self.lpips)
         return cached
@@ -232,7 +268,8 @@ class _Grid:
             return protected
         names = self.artist_images(artist).names
         folder = self.out / "images" / artist / defence / f"seed{seed}" / data.slug(attack)
-        cached = data.load_set(folder, names)
+        inputs = inputs_of(self.config, artist, defence, attack, seed=seed)
+        cached = data.load_set(folder, names, inputs)
         if cached is None:
             from attacks import parse_spec
 
@@ -240,7 +277,7 @@ class _Grid:
             with torch.no_grad():
                 x = data.to_batch(protected).to(self.components.device)
                 cached = data.from_batch(purifier(x, _stream(seed, _ATTACK)))
-            data.save_set(folder, names, cached)
+            data.save_set(folder, names, cached, inputs)
         return cached
 
     def class_images(self, mimic: MimicSpec, seed: int) -> torch.Tensor | None:
@@ -251,7 +288,8 @@ class _Grid:
         key = f"{ft.class_prompt}|{ft.num_class_images}|{ft.class_inference_steps}"
         folder = self.out / "images" / "_class" / data.slug(key) / f"seed{seed}"
         names = tuple(f"{i:04d}" for i in range(ft.num_class_images))
-        cached = data.load_set(folder, names)
+        inputs = {"model": self.config.model, "dtype": self.config.dtype, "class": key}
+        cached = data.load_set(folder, names, inputs)
         if cached is None:
             x = generate(
                 self.components,
@@ -263,7 +301,7 @@ class _Grid:
                 self.config.generation.batch_size,
             )
             cached = data.from_batch(x)
-            data.save_set(folder, names, cached)
+            data.save_set(folder, names, cached, inputs)
         return data.to_batch(cached)
 
     # ------------------------------------------------------------------------------------------------ cells
@@ -364,6 +402,7 @@ class _Grid:
         _save_strip(path, grid)
         row["generations"] = str(path.relative_to(self.out))
         row["seconds"] = round(time.perf_counter() - start, 2)
+        row["device"] = str(self.components.device)
         row["status"] = "ok"
         return row
 
@@ -452,7 +491,8 @@ def run(
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     cells = plan(config)
     done = _load_rows(out_dir / "results.json") if resume else {}
-    rows = {k: r for k, r in done.items() if r.get("status") == "ok"}
+    prints = {c.key: cell_fingerprint(config, c) for c in cells}
+    rows = {k: r for k, r in done.items() if r.get("status") == "ok" and r.get("inputs") == prints.get(k)}
     run_info = {
         "config": config.to_dict(),
         "config_file": config.source,
@@ -465,10 +505,10 @@ def run(
         "torch_threads": torch.get_num_threads(),
     }
     atomic_write_json(out_dir / "run.json", run_info)
-    grid = _Grid(config, out_dir, device)
-    run_info["device"] = str(grid.components.device)
-    failures: list[str] = []
     todo = [c for c in cells if c.key not in rows]
+    grid = _Grid(config, out_dir, device) if todo else None
+    run_info["device"] = str(grid.components.device) if grid is not None else done_device(done)
+    failures: list[str] = []
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -497,7 +537,7 @@ def run(
                 log(f"[red]failed[/red] {cell.key}: {message}")
             else:
                 log(f"done {cell.key}: score {row.get('score')} in {row['seconds']} s")
-            row["key"] = cell.key
+            row["key"], row["inputs"] = cell.key, prints[cell.key]
             rows[cell.key] = _finite(row)
             _write_results(out_dir, config, cells, rows)
             bar.advance(task)
@@ -512,6 +552,11 @@ def run(
     atomic_write_json(out_dir / "run.json", run_info)
     write_report(out_dir, config, ordered, summary, run_info)
     return 1 if failures else 0
+
+
+def done_device(rows: dict[str, dict[str, Any]]) -> str | None:
+    """The device recorded by the run that finished ``rows`` (a resumed run with nothing left to do)."""
+    return next((r["device"] for r in rows.values() if r.get("device")), None)
 
 
 def _finite(row: dict[str, Any]) -> dict[str, Any]:

@@ -402,6 +402,11 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     again = json.loads((out / "results.json").read_text())["cells"]
     assert [c["score"] for c in again] == [c["score"] for c in cells]
 
+    # a changed hyper-parameter re-runs exactly the cells it decides
+    micro_grid.write_text(micro_grid.read_text().replace('kind = "lora"\nsteps = 2', 'kind = "lora"\nsteps = 3'))
+    assert run(micro_grid, out, progress=False, log=lines.append) == 0
+    assert len(lines) == 5 and all("|lora|" in line for line in lines)
+
 
 def test_runner_records_a_failing_cell_and_keeps_the_others(micro_grid, tmp_path):
     from eval.runner import run
