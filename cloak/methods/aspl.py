@@ -23,8 +23,9 @@ gradient-norm clipping at 1.0, as the official code. Differences from it: the pa
 clean images of the same subject and on a batch of images; here the clean images are the views of the image being
 cloaked (stored by :meth:`ASPL.target`). Prior preservation (200 generated class images) is left out.
 
-Cost and memory: two private copies of the UNet (plus AdamW state while fine-tuning; about 17 GB in float32 for
-SD-1.5) and ``2 * finetune_steps`` training steps per round. Budget: the paper uses 0.05 in [-1, 1] = 6.4/255 with
+Cost and memory: two private copies of the UNet and text encoder, plus gradients and AdamW state while fine-tuning
+(about 20 GB in float32 for SD-1.5, on top of the shared components), and ``2 * finetune_steps`` training steps per
+round. Budget: the paper uses 0.05 in [-1, 1] = 6.4/255 with
 50 rounds of 6 PGD steps (FIELD_NOTES section 2); this project's default is the shared L-inf budget.
 """
 

@@ -73,11 +73,11 @@ def add_noise(scheduler, latents: torch.Tensor, generator: torch.Generator, samp
 
     Draw order (t first, then eps) is fixed so that methods sharing a generator seed draw the same values.
     """
-    n = samples
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator, device=generator.device)
-    eps = torch.randn((n, *latents.shape[1:]), generator=generator, device=generator.device, dtype=torch.float32)
+    shape = (samples, *latents.shape[1:])
+    t = torch.randint(0, scheduler.config.num_train_timesteps, shape[:1], generator=generator, device=generator.device)
+    eps = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
     t, eps = t.to(latents.device), eps.to(latents.device, latents.dtype)
-    z = latents.expand(n, -1, -1, -1)
+    z = latents.expand(shape)
     return Noised(latents=z, noisy=scheduler.add_noise(z, eps, t), noise=eps, timesteps=t)
 
 
