@@ -28,15 +28,24 @@ def _gen(seed=7) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _manual_denoising_mse(components, unet, x, prompt_embeds, seed) -> torch.Tensor:
-    """The AdvDM quantity written out by hand: z ~ q(z|x), t ~ U{0..999}, eps ~ N(0, I), MSE(eps_theta, eps)."""
+def _manual_denoising_mse(components, unet, x, prompt_embeds, seed, compare="trained") -> torch.Tensor:
+    """The AdvDM quantity written out by hand: z ~ q(z|x), t ~ U{0..999}, eps ~ N(0, I), MSE(prediction, target).
+
+    ``compare``: "trained" compares the UNet's output with what it is trained to predict (eps, or v for v-prediction);
+    "noise" converts a v prediction to eps_theta first (what SDS uses).
+    """
     g = _gen(seed)
     z = vae_latents(components.vae, x, g)
     t = torch.randint(0, 1000, (1,), generator=g)
     eps = torch.randn(z.shape, generator=g)
-    z_t = components.scheduler.alphas_cumprod[t].sqrt() * z + (1 - components.scheduler.alphas_cumprod[t]).sqrt() * eps
+    a = components.scheduler.alphas_cumprod[t]
+    z_t = a.sqrt() * z + (1 - a).sqrt() * eps
     pred = unet(z_t, t, encoder_hidden_states=prompt_embeds).sample
-    return F.mse_loss(pred, eps)
+    if components.scheduler.config.prediction_type == "epsilon":
+        return F.mse_loss(pred, eps)
+    if compare == "trained":
+        return F.mse_loss(pred, a.sqrt() * eps - (1 - a).sqrt() * z)  # v = sqrt(a) eps - sqrt(1 - a) z
+    return F.mse_loss(a.sqrt() * pred + (1 - a).sqrt() * z_t, eps)
 
 
 # --- advdm ---------------------------------------------------------------------------------------------------------
@@ -74,7 +83,8 @@ def test_unsupported_prediction_type_is_refused_early(tiny_components):
         AdvDM(dataclasses.replace(tiny_components, scheduler=odd))
 
 
-def test_v_prediction_models_are_attacked_on_v(tiny_components):
+def test_v_prediction_models(tiny_components):
+    """AdvDM attacks the v-prediction loss the model is trained with; SDS works on the implied noise prediction."""
     from diffusers import DDPMScheduler
 
     v = dataclasses.replace(
@@ -82,9 +92,12 @@ def test_v_prediction_models_are_attacked_on_v(tiny_components):
         scheduler=DDPMScheduler.from_config(tiny_components.scheduler.config, prediction_type="v_prediction"),
     )
     x = _x()
+    advdm, sds = AdvDM(v), SDS(v)
     with torch.no_grad():
-        eps_loss, v_loss = AdvDM(tiny_components).loss(x, None, _gen()), AdvDM(v).loss(x, None, _gen())
-    assert torch.isfinite(v_loss) and float(v_loss) != pytest.approx(float(eps_loss))
+        want = _manual_denoising_mse(v, v.unet, x, advdm.prompt_embeds, 4, compare="trained")
+        torch.testing.assert_close(advdm.loss(x, None, _gen(4)), -want, rtol=1e-5, atol=1e-6)
+        want = _manual_denoising_mse(v, v.unet, x, sds.prompt_embeds, 4, compare="noise")
+        torch.testing.assert_close(sds.loss(x, None, _gen(4)), want, rtol=1e-5, atol=1e-6)
 
 
 # --- sds -----------------------------------------------------------------------------------------------------------
