@@ -36,6 +36,7 @@ from cloak.units import vae_latents, vae_scale_factor
 if TYPE_CHECKING:
     from cloak.models import Components
 
+MODEL_PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 DEFAULT_SPECS = (
     "identity",
     "jpeg:quality=90",
@@ -167,7 +168,13 @@ def format_table(rows: Sequence[BenchRow]) -> str:
 
 
 def testbed_table(
-    n_images: int = 4, size: int = 64, eps: float = 8.0, steps: int = 50, seed: int = 0, specs=DEFAULT_SPECS
+    n_images: int = 4,
+    size: int = 64,
+    eps: float = 8.0,
+    steps: int = 50,
+    seed: int = 0,
+    specs: Sequence[str] = DEFAULT_SPECS,
+    components: Components | None = None,
 ) -> str:
     """Cloak held-out testbed paintings with the ``encoder`` method, then bench the purifiers on them.
 
@@ -178,6 +185,7 @@ def testbed_table(
         steps: cloak PGD steps.
         seed: seeds paintings' choice, cloaks and purifiers.
         specs: purifier specs.
+        components: the model to cloak against and purify with; default: the testbed, loaded on the CPU.
 
     Returns:
         The Markdown table, with a header line giving the setting.
@@ -187,7 +195,10 @@ def testbed_table(
     from cloak.protect import CloakConfig, Cloaker
     from cloak.testbed.artists import EVAL_SEED_OFFSET, HELD_OUT, paint
 
-    components = load_components("testbed", ["vae", "unet", "text_encoder", "tokenizer", "scheduler"], device="cpu")
+    if components is None:
+        components = load_components(
+            "testbed", ["vae", "unet", "text_encoder", "tokenizer", "scheduler"], device="cpu"
+        )
     cloaker = Cloaker(components, CloakConfig(method="encoder", eps=eps, steps=steps))
     clean, cloaked = [], []
     for i in range(n_images):
@@ -197,8 +208,8 @@ def testbed_table(
         cloaked.append(to_tensor(cloaker.protect(rgb, seed=seed + i).image))
     rows = bench(components, clean, cloaked, specs, seed=seed)
     header = (
-        f"Testbed, {n_images} held-out paintings of {size}x{size} px, `encoder` cloak at {eps:g}/255 with "
-        f"{steps} steps, purifier seed {seed}."
+        f"Model {components.name!r}, {n_images} held-out paintings of {size}x{size} px, `encoder` cloak at "
+        f"{eps:g}/255 with {steps} steps, purifier seed {seed}."
     )
     return header + "\n\n" + format_table(rows)
 

@@ -494,3 +494,68 @@ def test_bench_refuses_mismatched_inputs(tiny_components):
     x = smooth_image(batch=1)
     with pytest.raises(ConfigError, match=r"there is no latent shift to remove"):
         bench(tiny_components, [x], [x.clone()], ["identity"])
+
+
+@pytest.fixture(scope="module")
+def tiny_upscaler(tiny_components):
+    """A tiny real `StableDiffusionUpscalePipeline` (x4, noise levels up to 350), built from config."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=7,  # 4 latent + 3 low-resolution image channels
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=2,
+        norm_num_groups=4,
+        num_class_embeds=351,  # the noise level is embedded as a class label
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 16),  # scale factor 4, as the SD x4 upscaler's VAE
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=4,
+        scaling_factor=0.08333,
+    )
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=tiny_components.text_encoder,
+        tokenizer=tiny_components.tokenizer,
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(beta_schedule="scaled_linear"),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction"),
+        max_noise_level=350,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_noisy_upscale_with_an_upscaler(tiny_upscaler, tiny_components):
+    x = smooth_image(20, 24, batch=1)
+    purifier = parse_spec("noisy_upscale:steps=2", None, upscaler=tiny_upscaler)  # no SD components needed
+    y = purifier(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert torch.equal(y, purifier(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(y, purifier(x, torch.Generator().manual_seed(1)))
+    fallback = parse_spec("noisy_upscale:steps=2", tiny_components)(x, torch.Generator().manual_seed(0))
+    assert not torch.allclose(y, fallback, atol=0.01)  # the upscaler path, not the SDEdit fallback, ran
+
+
+def test_testbed_table_runs_end_to_end(tiny_components):
+    from attacks.bench import testbed_table
+
+    table = testbed_table(n_images=1, size=32, steps=3, specs=["identity", "blur"], components=tiny_components)
+    assert table.startswith("Model 'tiny', 1 held-out paintings of 32x32 px, `encoder` cloak at 8/255 with 3 steps")
+    assert "| `identity` | 0.000 | 0.000 |" in table and "| `blur` |" in table
