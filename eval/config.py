@@ -46,7 +46,7 @@ baseline is always part of it. Schema (every key but ``model``, ``artists`` and 
     batch_size = 8
 
     [metrics]
-    judge = "testbed"                 # the testbed's style judge, a folder holding one, or "" for none
+    judge = "auto"                    # auto (the testbed's judge for testbed models) | testbed | a folder | ""
     clip = ""                         # open_clip "ARCH:TAG" (e.g. "ViT-B-32:openai"), "ARCH:none" = random
     lpips = false                     # LPIPS visibility (needs torchvision's AlexNet weights)
 """
@@ -176,12 +176,13 @@ class MetricsSpec:
     """Feature extractors behind the metrics.
 
     Attributes:
-        judge: "testbed" (the shipped style judge), a folder written by ``Judge.save``, or "" for none.
+        judge: "auto" (the testbed's judge when the model is the testbed or a folder written by ``cloak testbed
+            build``, else none), "testbed", a folder written by ``Judge.save``, or "" for none.
         clip: open_clip ``"ARCH:TAG"``; ``"ARCH:none"`` for random weights (tests); "" for none.
         lpips: measure LPIPS visibility (needs torchvision's AlexNet weights).
     """
 
-    judge: str = "testbed"
+    judge: str = "auto"
     clip: str = ""
     lpips: bool = False
 

@@ -156,6 +156,16 @@ def _add_lora(model: torch.nn.Module, rank: int, targets: tuple[str, ...], gener
         model.add_adapter(config)
 
 
+def _checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Switch gradient (activation) checkpointing of a diffusers or transformers model."""
+    if hasattr(model, "enable_gradient_checkpointing"):  # diffusers
+        (model.enable_gradient_checkpointing if on else model.disable_gradient_checkpointing)()
+    elif hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
+        (model.activation_checkpointing_enable if on else model.activation_checkpointing_disable)()
+    else:
+        (model.gradient_checkpointing_enable if on else model.gradient_checkpointing_disable)()
+
+
 def _optimizer(params: list[torch.nn.Parameter], config: FinetuneConfig) -> torch.optim.Optimizer:
     kwargs = dict(lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, eps=1e-8)
     if not config.use_8bit_adam:
@@ -231,7 +241,7 @@ def finetune(
     for m in trained:
         m.train()
         if config.gradient_checkpointing:
-            (m.enable_gradient_checkpointing if m is unet else m.gradient_checkpointing_enable)()
+            _checkpointing(m, True)
     params = [p for m in trained for p in m.parameters() if p.requires_grad]
     opt = _optimizer(params, config)
     scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
@@ -281,7 +291,7 @@ def finetune(
 
     for m in trained:
         if config.gradient_checkpointing:
-            (m.disable_gradient_checkpointing if m is unet else m.gradient_checkpointing_disable)()
+            _checkpointing(m, False)
         _as_dtype(m, dtype).eval().requires_grad_(False)
     return dataclasses.replace(components, unet=unet, text_encoder=text_encoder or components.text_encoder)
 

@@ -199,17 +199,18 @@ class _Grid:
         self._visibility: dict[tuple[str, str, int], dict[str, float | None]] = {}
 
     def _load_judge(self):
-        spec = self.config.metrics.judge
-        if not spec:
-            return None
+        from cloak.models import TESTBED
         from cloak.testbed.judge import load_judge
 
+        spec, model = self.config.metrics.judge, self.config.model
+        beside = Path(model).expanduser() / "judge"  # a folder written by `cloak testbed build` holds its judge
+        if spec == "auto":
+            spec = "testbed" if model == TESTBED or beside.is_dir() else ""
+        if not spec:
+            return None
         if spec == "testbed":
-            from cloak.models import TESTBED
-
-            if self.config.model != TESTBED and (Path(self.config.model) / "judge").is_dir():
-                return load_judge(self.components.device, Path(self.config.model) / "judge")
-            return load_judge(self.components.device)
+            folder = beside if model != TESTBED and beside.is_dir() else None
+            return load_judge(self.components.device, folder)
         return load_judge(self.components.device, Path(spec).expanduser())
 
     def _load_clip(self):

@@ -64,6 +64,16 @@ def test_finetune_is_deterministic_under_a_seed(tiny_components):
         assert torch.equal(va, vb), k
 
 
+def test_gradient_checkpointing_gives_the_same_fine_tune(tiny_components):
+    base = FinetuneConfig(steps=2, lr=1e-3, train_text_encoder=True)
+    ckpt = FinetuneConfig(steps=2, lr=1e-3, train_text_encoder=True, gradient_checkpointing=True)
+    a = finetune(tiny_components, _images(), base, torch.Generator().manual_seed(3))
+    b = finetune(tiny_components, _images(), ckpt, torch.Generator().manual_seed(3))
+    for (k, va), vb in zip(a.unet.state_dict().items(), b.unet.state_dict().values(), strict=True):
+        assert torch.allclose(va, vb, atol=1e-6), k
+    assert not b.unet.is_gradient_checkpointing
+
+
 def test_lora_trains_only_adapter_parameters(tiny_components):
     before = _state(tiny_components.unet)
     cfg = FinetuneConfig(method="lora", steps=3, lr=1e-2)
