@@ -107,6 +107,7 @@ def diffpure(
     num_inference_steps: int,
     generator: torch.Generator,
     prompt: str = "",
+    prompt_embeds: Tensor | None = None,
 ) -> Tensor:
     """DiffPure / SDEdit in latent space: encode, diffuse to ``t * T``, denoise with DDIM, decode.
 
@@ -122,12 +123,16 @@ def diffpure(
         num_inference_steps: DDIM steps from there to the clean latent, >= 1 (capped at the start timestep + 1).
         generator: draws the forward-diffusion noise, on ``components.device``.
         prompt: conditioning text; empty (unconditional) by default.
+        prompt_embeds: ``(1, length, hidden)`` text-encoder states to use instead of encoding ``prompt`` (from
+            `prompt_embeddings`; saves the text encoder when purifying many tiles).
 
     Returns:
         ``(B, 3, H, W)`` in [0, 1], on ``x``'s device and dtype.
     """
     h, w = x.shape[-2:]
     scheduler = components.scheduler
+    if prompt_embeds is None:
+        prompt_embeds = prompt_embeddings(components, prompt, 1)
     t_start = round(t * (scheduler.config.num_train_timesteps - 1))
     steps = min(num_inference_steps, t_start + 1)
     with torch.no_grad():
@@ -136,7 +141,7 @@ def diffpure(
         noise = torch.randn(z0.shape, generator=generator, device=generator.device, dtype=z0.dtype).to(z0.device)
         a = float(scheduler.alphas_cumprod[t_start])
         z = a**0.5 * z0 + (1 - a) ** 0.5 * noise
-        z = _ddim_denoise(components, z, t_start, steps, prompt_embeddings(components, prompt, z.shape[0]))
+        z = _ddim_denoise(components, z, t_start, steps, prompt_embeds.expand(z.shape[0], -1, -1))
         out = from_vae(components.vae.decode(z / components.vae.config.scaling_factor).sample)
     return out[..., :h, :w].to(x.device, x.dtype)
 
@@ -190,12 +195,13 @@ def gridpure(
     th, tw = min(tile, h), min(tile, w)
     boxes = [(y0, x0) for y0 in _starts(h, th, stride) for x0 in _starts(w, tw, stride)]
     current = x.to(components.device, components.dtype)
+    embeds = prompt_embeddings(components, prompt, 1)
     for _ in range(iterations):
         tiles = torch.stack([current[..., y0 : y0 + th, x0 : x0 + tw] for y0, x0 in boxes], dim=1)
         tiles = tiles.reshape(b * len(boxes), 3, th, tw)  # (B * n_tiles, 3, th, tw), image-major
         purified = torch.cat(
             [
-                diffpure(chunk, components, t, num_inference_steps, generator, prompt)
+                diffpure(chunk, components, t, num_inference_steps, generator, prompt_embeds=embeds)
                 for chunk in tiles.split(TILE_BATCH)
             ]
         ).reshape(b, len(boxes), 3, th, tw)
@@ -325,11 +331,11 @@ def impress(
 # Classes
 
 _T = Param("t", float, 0.2, low=0, high=1, low_open=True)
-_STEPS = Param("steps", int, 10, low=1, high=1000)
+_STEPS = Param("steps", int, 5, low=1, high=1000)
 
 
 class DiffPure(Purifier):
-    """DiffPure / SDEdit (`diffpure`): ``t`` depth in (0, 1] (default 0.2), ``steps`` DDIM steps (default 10)."""
+    """DiffPure / SDEdit (`diffpure`): ``t`` depth in (0, 1] (default 0.2), ``steps`` DDIM steps (default 5)."""
 
     name = "diffpure"
     summary = "DiffPure / SDEdit: noise to depth t, denoise (needs a model)"
@@ -409,7 +415,7 @@ class NoisyUpscale(Purifier):
         Param("sigma", float, 0.1, low=0, high=1, unit="[0, 1] units"),
         _T,
         _STEPS,
-        Param("noise_level", int, 320, low=0, high=1000),
+        Param("noise_level", int, 320, low=0, high=350),
     )
 
     def __init__(
