@@ -487,7 +487,7 @@ def run(
     check_artist_folders(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    console = Console(stderr=True, quiet=not progress)
+    console = Console(stderr=True)
     log = log or console.print
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     cells = plan(config)
