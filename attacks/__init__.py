@@ -21,7 +21,7 @@ from attacks.base import Chain, Purifier
 from attacks.classical import JPEG, AdverseCleaner, BitDepth, Blur, Crop, Identity, Median, Noise, Resize, WebP
 from attacks.diffusion import DiffPure, GridPure, Impress, NoisyUpscale
 from cloak.errors import ConfigError
-from cloak.specs import split_spec
+from cloak.specs import format_item, resolve_params, split_spec
 
 if TYPE_CHECKING:
     from cloak.models import Components
@@ -42,6 +42,32 @@ ATTACKS: dict[str, type[Purifier]] = {
     "noisy_upscale": NoisyUpscale,
     "impress": Impress,
 }
+
+
+def check_spec(spec: str) -> str:
+    """Validate a spec's names and parameters without building it (no model needed).
+
+    Checks everything `parse_spec` checks except what depends on the model (GrIDPure's default tile size
+    against an explicit stride, missing model parts).
+
+    Returns:
+        The canonical spec (defaults left out), e.g. ``"diffpure:t=0.1"`` for ``"diffpure: t=0.1, steps=5"``.
+
+    Raises:
+        ConfigError: as `parse_spec`.
+    """
+    canonical = []
+    for item in split_spec(spec):
+        cls = _lookup(item.name, spec)
+        canonical.append(format_item(cls.name, resolve_params(cls.name, item.options, cls.params), cls.params))
+    return "+".join(canonical)
+
+
+def _lookup(name: str, spec: str) -> type[Purifier]:
+    cls = ATTACKS.get(name)
+    if cls is None:
+        raise ConfigError(f"Unknown attack {name!r} in {spec!r}; known: {', '.join(ATTACKS)}.")
+    return cls
 
 
 def needs_model(spec: str) -> bool:
@@ -75,9 +101,7 @@ def parse_spec(
     """
     members = []
     for item in split_spec(spec):
-        cls = ATTACKS.get(item.name)
-        if cls is None:
-            raise ConfigError(f"Unknown attack {item.name!r} in {spec!r}; known: {', '.join(ATTACKS)}.")
+        cls = _lookup(item.name, spec)
         if cls is Impress:
             members.append(cls(components, lpips=lpips, **item.options))
         elif cls is NoisyUpscale:
@@ -107,6 +131,7 @@ __all__ = [
     "Purifier",
     "Resize",
     "WebP",
+    "check_spec",
     "needs_model",
     "parse_spec",
 ]

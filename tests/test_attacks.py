@@ -192,6 +192,14 @@ def test_bad_image_refused():
         parse_spec("blur")(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.Generator())
 
 
+def test_check_spec_without_a_model():
+    assert attacks.check_spec("diffpure: t=0.1, steps=5 + jpeg:quality=75") == "diffpure:t=0.1+jpeg"
+    with pytest.raises(ConfigError, match=r"`gridpure`: parameter `gamma` must be a float in \[0, 1\), got '1'"):
+        attacks.check_spec("gridpure:gamma=1")
+    with pytest.raises(ConfigError, match=r"Unknown attack 'sdedit' in 'sdedit'; known: identity"):
+        attacks.check_spec("sdedit")
+
+
 def test_needs_model():
     assert attacks.needs_model("jpeg+diffpure") and not attacks.needs_model("jpeg+blur")
 
