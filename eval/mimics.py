@@ -212,6 +212,7 @@ def finetune(
     if images.shape[-2:] != (r, r):
         raise ConfigError(f"`images` must be {r}x{r} px (the model's resolution), got {tuple(images.shape[-2:])}.")
     if config.prior_preservation and class_images is None:
+        # guidance 7.5: the pipeline default the script samples its class images with
         class_images = generate(
             components, config.class_prompt, config.num_class_images, config.class_inference_steps, 7.5, generator
         )
@@ -293,7 +294,9 @@ def finetune(
         if config.gradient_checkpointing:
             _checkpointing(m, False)
         _as_dtype(m, dtype).eval().requires_grad_(False)
-    return dataclasses.replace(components, unet=unet, text_encoder=text_encoder or components.text_encoder)
+    return dataclasses.replace(
+        components, unet=unet, text_encoder=components.text_encoder if text_encoder is None else text_encoder
+    )
 
 
 def _pipeline(components: Components, img2img: bool = False):
