@@ -310,20 +310,21 @@ def impress(
     bound = eps_to_unit(eps)
     x_pur = target.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([x_pur], lr=lr)
-    for _ in range(iterations):
-        optimiser.zero_grad()
-        z = vae_latents(vae, x_pur) / vae.config.scaling_factor
-        recon = from_vae(vae.decode(z).sample)
-        loss = (recon - x_pur).pow(2).mean()
-        if lpips_model is not None:
-            distance = lpips_model(to_lpips(x_pur), to_lpips(target)).mean()
-            loss = loss + alpha * torch.relu(distance - lpips_eps)
-        loss.backward()
-        optimiser.step()
-        with torch.no_grad():
-            if lpips_model is None:
-                x_pur.copy_(torch.minimum(torch.maximum(x_pur, target - bound), target + bound))
-            x_pur.clamp_(0, 1)
+    with torch.enable_grad():  # callers often purify under no_grad; this optimisation needs gradients
+        for _ in range(iterations):
+            optimiser.zero_grad()
+            z = vae_latents(vae, x_pur) / vae.config.scaling_factor
+            recon = from_vae(vae.decode(z).sample)
+            loss = (recon - x_pur).pow(2).mean()
+            if lpips_model is not None:
+                distance = lpips_model(to_lpips(x_pur), to_lpips(target)).mean()
+                loss = loss + alpha * torch.relu(distance - lpips_eps)
+            loss.backward()
+            optimiser.step()
+            with torch.no_grad():
+                if lpips_model is None:
+                    x_pur.copy_(torch.minimum(torch.maximum(x_pur, target - bound), target + bound))
+                x_pur.clamp_(0, 1)
     return x_pur.detach()[..., :h, :w].to(x.device, x.dtype)
 
 
