@@ -189,6 +189,17 @@ def test_sharpness_and_visibility():
     assert vis["lpips"] is None and vis["ssim"] < 1
 
 
+def test_visibility_measures_lpips_when_given_a_model():
+    from cloak.models import load_lpips
+
+    model = load_lpips("cpu", pretrained=False)  # random backbone: a stand-in, distances mean nothing
+    a = np.full((32, 32, 3), 100, np.uint8)
+    noisy = np.clip(a.astype(int) + np.random.default_rng(0).integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
+    same, differ = M.visibility([a], [a], model), M.visibility([a], [noisy], model)
+    assert same["lpips"] == pytest.approx(0.0, abs=1e-6) and differ["lpips"] > 0
+    assert same["psnr"] is None and same["linf"] == 0
+
+
 def test_fit_square_resizes_the_short_side_and_centre_crops():
     from eval.data import fit_square
 
