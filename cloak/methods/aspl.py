@@ -98,8 +98,6 @@ class ASPL(AdvDM):
 
     def update(self, views_adv: list[torch.Tensor], generator: torch.Generator) -> None:
         """Between rounds: fine-tune f on the perturbed views (not before round 0), then f_sur on the clean ones."""
-        if not self._clean:
-            raise RuntimeError("aspl: `update` was called before `target`; the clean views are unknown.")
         if self._rounds == 0:
             for key, model in self._pretrained.items():
                 self._main[key].load_state_dict(model.state_dict())
