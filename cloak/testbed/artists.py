@@ -343,7 +343,8 @@ def _cubist(c: _Content, pal: Array, rng: np.random.Generator, size: int) -> Arr
     for _ in range(9):
         pts = rng.random((3, 2), dtype=np.float32) * 1.2 - 0.1
         inside = np.ones((size, size), bool)
-        sign = np.sign(np.cross(pts[1] - pts[0], pts[2] - pts[0])) or 1.0
+        e1, e2 = pts[1] - pts[0], pts[2] - pts[0]
+        sign = np.sign(e1[0] * e2[1] - e1[1] * e2[0]) or 1.0  # orientation of the triangle
         for i in range(3):
             a, b = pts[i], pts[(i + 1) % 3]
             inside &= sign * ((b[1] - a[1]) * (y - a[0]) - (b[0] - a[0]) * (x - a[1])) <= 0

@@ -47,8 +47,8 @@ class CheckSettings:
     """
 
     images_per_style: int = 64
-    generations: int = 32
-    num_inference_steps: int = 25
+    generations: int = 24
+    num_inference_steps: int = 20
     guidance_scale: float = 5.0
     instance_images: int = 16
     db_steps: int = 400
@@ -170,19 +170,24 @@ def run_check(
     log(f"base fidelity measured at {time.perf_counter() - t0:.0f} s: {mean_fid:.1%}")
 
     # 4. DreamBooth mimicry of held-out styles.
-    before, after, seconds = {}, {}, {}
+    before, after, seconds, cpu_seconds = {}, {}, {}, {}
     for style in s.held_out:
         base_images = generate(comp, SKS_PROMPT, s.generations, s.num_inference_steps, s.guidance_scale, gen)
         before[style] = judged_fraction(judge, base_images, style)
         instance = _eval_images(style, s.instance_images, r)
-        t_db = time.perf_counter()
+        t_db, cpu_db = time.perf_counter(), time.process_time()
         unet = dreambooth(comp, instance, SKS_PROMPT, s.db_steps, s.db_lr, s.db_batch, gen)
         seconds[style] = time.perf_counter() - t_db
+        cpu_seconds[style] = time.process_time() - cpu_db
         mimic = replace(comp, unet=unet)
         images = generate(mimic, SKS_PROMPT, s.generations, s.num_inference_steps, s.guidance_scale, gen)
         after[style] = judged_fraction(judge, images, style)
-        log(f"DreamBooth on {style}: {before[style]:.0%} -> {after[style]:.0%} in {seconds[style]:.0f} s")
-    figures["dreambooth_before"], figures["dreambooth_after"], figures["dreambooth_seconds"] = before, after, seconds
+        log(
+            f"DreamBooth on {style}: {before[style]:.0%} -> {after[style]:.0%} in {seconds[style]:.0f} s wall, "
+            f"{cpu_seconds[style]:.0f} s CPU ({torch.get_num_threads()} threads)"
+        )
+    figures["dreambooth_before"], figures["dreambooth_after"] = before, after
+    figures["dreambooth_seconds"], figures["dreambooth_cpu_seconds"] = seconds, cpu_seconds
     mean_after = sum(after.values()) / len(after)
     mean_before = sum(before.values()) / len(before)
     gates.append(
@@ -201,7 +206,14 @@ def run_check(
             mean_before <= BASE_SKS_MAX,
         )
     )
-    slowest = max(seconds.values())
-    gates.append(Gate("DreamBooth fine-tune time, slowest", f"{slowest:.0f} s", "<= 180 s", slowest <= 180))
+    slowest = max(seconds, key=seconds.get)
+    gates.append(
+        Gate(
+            "DreamBooth fine-tune time, slowest (wall)",
+            f"{seconds[slowest]:.0f} s ({cpu_seconds[slowest]:.0f} s CPU)",
+            "<= 180 s",
+            seconds[slowest] <= 180,
+        )
+    )
     figures["seconds"] = time.perf_counter() - t0
     return CheckReport(gates=gates, figures=figures)

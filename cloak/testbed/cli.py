@@ -5,7 +5,9 @@ Thin typer layer; torch and diffusers are imported inside the commands so `cloak
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -62,6 +64,7 @@ def check(
     model: str = typer.Option("testbed", help="`testbed` (the shipped weights) or a folder written by `build`."),
     seed: int = typer.Option(0, help="Seed of every draw in the check."),
     quick: bool = typer.Option(False, "--quick", help="Fewer images and steps: a smoke run, not the gate figures."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the gates and per-style figures here."),
 ) -> None:
     """Measure and print the testbed's gates (VAE PSNR, judge accuracy, base-model fidelity, DreamBooth)."""
     from rich.console import Console
@@ -77,5 +80,9 @@ def check(
     for gate in report.gates:
         table.add_row(gate.name, gate.measured, gate.target, "yes" if gate.passed else "NO")
     console.print(table)
+    if json_out is not None:
+        json_out.write_text(
+            json.dumps({"gates": [asdict(g) for g in report.gates], **report.figures}, indent=2) + "\n"
+        )
     if not all(g.passed for g in report.gates):
         raise typer.Exit(code=1)
