@@ -405,7 +405,8 @@ class GridPure(Purifier):
 
 class NoisyUpscale(Purifier):
     """Noisy upscaling (`noisy_upscale`): ``sigma`` 0.1, then the injected SD x4 upscaler (``noise_level``
-    320, FIELD_NOTES) or, without one, 2x down-up and an SDEdit pass at depth ``t`` (0.2)."""
+    320, FIELD_NOTES) or, without one, 2x down-up and an SDEdit pass at depth ``t`` (0.2); ``steps`` (5) is
+    the denoising step count of either (diffusers runs the upscaler with 75 by default: give more with one)."""
 
     name = "noisy_upscale"
     summary = "Gaussian noise then a diffusion upscaler or SDEdit (needs a model)"
