@@ -2,15 +2,18 @@
 
 For a clean image ``x``, its cloaked copy ``x_adv``, the VAE encoder ``E`` (posterior mean, scaled latents) and
 a purifier ``P`` whose random draws are shared between the two calls (the same sampled parameters and noise
-seed, so the purifier's own randomness is not counted as cloak)::
+seed, so the purifier's own randomness is not counted as cloak), with the cloak's latent shift
+``d = E(x_adv) - E(x)`` and what is left of it after purification ``r = E(P(x_adv)) - E(P(x))``::
 
-    removed = 1 - ||E(P(x_adv)) - E(P(x))|| / ||E(x_adv) - E(x)||
+    removed = 1 - <r, d> / ||d||^2         the share of the shift, along its own direction, that is gone
+    spread  = ||r|| / ||d||                how far apart the two purified images encode, relative to the shift
 
-1 means the purified cloaked image encodes exactly like the purified clean one (the cloak's latent shift is
-gone); 0 means the shift survives untouched (``identity``); negative means the purifier amplified it. A purifier
-that flattens everything scores 1 too, so the table also gives the price: PSNR (dB, 8-bit) of ``P(x_adv)`` to
-the clean ``x``. The encoder is what an ``encoder``-method cloak (PhotoGuard-style) attacks, and what every
-latent-diffusion fine-tune sees.
+``removed`` is 1 when nothing of the cloak's direction is left, 0 when it survives whole (``identity``),
+negative when the purifier pushes further along it. It ignores the part of ``r`` orthogonal to ``d``: a
+diffusion purifier that redraws two slightly different inputs differently (``spread`` above 1) has not thereby
+kept the cloak. A purifier that flattens everything scores 1 too, so the table also gives the price: PSNR (dB,
+8-bit) of ``P(x_adv)`` to the clean ``x``. The encoder is what an ``encoder``-method cloak (PhotoGuard-style)
+attacks, and what every latent-diffusion fine-tune sees.
 
 ``python -m attacks.bench`` runs the table on the testbed (see `testbed_table`).
 """
@@ -64,8 +67,9 @@ class BenchRow:
 
     Attributes:
         spec: the purifier's spec.
-        removed: mean fraction of the cloak's latent shift removed (higher = stronger attack; see the module).
+        removed: mean share of the cloak's latent shift removed (higher = stronger attack; see the module).
         removed_min: the smallest per-image value (the cloak's best case).
+        spread: mean ``||r|| / ||d||`` (see the module).
         psnr: mean PSNR of the purified cloaked image to the clean one, dB on 8-bit pixels (higher = cheaper).
         seconds: mean wall time of one purification of one image, s.
     """
@@ -73,6 +77,7 @@ class BenchRow:
     spec: str
     removed: float
     removed_min: float
+    spread: float
     psnr: float
     seconds: float
 
@@ -85,8 +90,10 @@ def _latent(components: Components, x: Tensor) -> Tensor:
         return vae_latents(components.vae, x).float()
 
 
-def shift_removed(components: Components, clean: Tensor, cloaked: Tensor, purifier: Any, generator) -> tuple:
-    """``removed`` for one image pair and the purified cloaked image (module docstring).
+def shift_removed(
+    components: Components, clean: Tensor, cloaked: Tensor, purifier: Any, generator: torch.Generator
+) -> tuple[float, float, Tensor]:
+    """``removed`` and ``spread`` for one image pair, and the purified cloaked image (module docstring).
 
     Args:
         components: needs vae (and what the purifier needs).
@@ -96,16 +103,17 @@ def shift_removed(components: Components, clean: Tensor, cloaked: Tensor, purifi
         generator: draws the purifier's parameters once, for both images.
 
     Returns:
-        ``(removed, purified_cloaked)``.
+        ``(removed, spread, purified_cloaked)``.
     """
-    shift = (_latent(components, cloaked) - _latent(components, clean)).norm()
-    if shift == 0:
+    d = (_latent(components, cloaked) - _latent(components, clean)).flatten().double()
+    if not d.any():
         raise ConfigError("the cloaked image encodes exactly like the clean one: there is no latent shift to remove.")
     params = purifier.sample(generator)
     purified_adv = purifier.apply(cloaked, params)
     purified_clean = purifier.apply(clean, params)
-    residual = (_latent(components, purified_adv) - _latent(components, purified_clean)).norm()
-    return float(1 - residual / shift), purified_adv
+    r = (_latent(components, purified_adv) - _latent(components, purified_clean)).flatten().double()
+    removed = 1 - float(r @ d) / float(d @ d)
+    return removed, float(r.norm() / d.norm()), purified_adv
 
 
 def bench(
@@ -136,18 +144,20 @@ def bench(
     for spec in specs:
         purifier = parse_spec(spec, components, **inject)
         generator = torch.Generator().manual_seed(seed)
-        removed, quality, seconds = [], [], []
+        removed, spread, quality, seconds = [], [], [], []
         for x, x_adv in zip(clean, cloaked, strict=True):
             start = time.perf_counter()
-            value, purified = shift_removed(components, x, x_adv, purifier, generator)
+            value, ratio, purified = shift_removed(components, x, x_adv, purifier, generator)
             seconds.append((time.perf_counter() - start) / 2)  # two purifications per pair
             removed.append(value)
+            spread.append(ratio)
             quality.append(psnr(from_tensor(x), from_tensor(purified)))
         rows.append(
             BenchRow(
                 spec=purifier.spec,
                 removed=sum(removed) / len(removed),
                 removed_min=min(removed),
+                spread=sum(spread) / len(spread),
                 psnr=sum(quality) / len(quality),
                 seconds=sum(seconds) / len(seconds),
             )
@@ -158,12 +168,14 @@ def bench(
 def format_table(rows: Sequence[BenchRow]) -> str:
     """A Markdown table of the rows, strongest attack (most shift removed) first."""
     lines = [
-        "| attack | shift removed (mean) | (worst image) | PSNR to clean, dB | s / image |",
-        "|---|---|---|---|---|",
+        "| attack | shift removed (mean) | (worst image) | spread | PSNR to clean, dB | s / image |",
+        "|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: -r.removed):
         quality = "inf" if math.isinf(r.psnr) else f"{r.psnr:.1f}"
-        lines.append(f"| `{r.spec}` | {r.removed:.3f} | {r.removed_min:.3f} | {quality} | {r.seconds:.2f} |")
+        lines.append(
+            f"| `{r.spec}` | {r.removed:.3f} | {r.removed_min:.3f} | {r.spread:.2f} | {quality} | {r.seconds:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -478,7 +478,7 @@ def test_bench_measures_shift_removed_and_psnr(tiny_components):
     clean = [eight_bit(x) for x in clean]
     rows = bench(tiny_components, clean, cloaked, ["identity", "blur:sigma=1.5", "noise:sigma=0.02"], seed=0)
     by_spec = {r.spec: r for r in rows}
-    assert by_spec["identity"].removed == 0 and by_spec["identity"].removed_min == 0
+    assert by_spec["identity"].removed == pytest.approx(0, abs=1e-9) and by_spec["identity"].spread == 1
     expected_psnr = sum(psnr(from_tensor(a), from_tensor(b)) for a, b in zip(clean, cloaked, strict=True)) / 2
     assert by_spec["identity"].psnr == pytest.approx(expected_psnr)
     assert by_spec["blur:sigma=1.5"].removed > 0.5  # a blur all but erases a checkerboard
@@ -491,7 +491,8 @@ def test_bench_measures_shift_removed_and_psnr(tiny_components):
     assert abs(by_spec["noise:sigma=0.02"].removed) < 0.5
     table = format_table(rows)
     lines = table.splitlines()
-    assert lines[0].startswith("| attack | shift removed") and lines[2].startswith("| `blur:sigma=1.5` |")
+    assert lines[0].startswith("| attack | shift removed (mean) | (worst image) | spread |")
+    assert lines[2].startswith("| `blur:sigma=1.5` |")
     assert len(lines) == 5
 
 
@@ -567,4 +568,4 @@ def test_testbed_table_runs_end_to_end(tiny_components):
 
     table = testbed_table(n_images=1, size=32, steps=3, specs=["identity", "blur"], components=tiny_components)
     assert table.startswith("Model 'tiny', 1 held-out paintings of 32x32 px, `encoder` cloak at 8/255 with 3 steps")
-    assert "| `identity` | 0.000 | 0.000 |" in table and "| `blur` |" in table
+    assert "| `identity` | 0.000 | 0.000 | 1.00 |" in table and "| `blur` |" in table
