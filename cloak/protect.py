@@ -161,11 +161,11 @@ class Cloaker:
         with torch.no_grad(), self._autocast():
             clean_views = [render_view(x, v) for v in views]
             targets = [self.objective.target(cv, generator) for cv in clean_views]
-        eot = None
+        eot_specs = None
         if cfg.eot:
-            from cloak.transforms import sample_eot
+            from cloak.transforms import parse_eot, sample_eot
 
-            eot = sample_eot(cfg.eot, generator)
+            eot_specs = [parse_eot(spec) for spec in cfg.eot]
         calls = 0
 
         def closure(x_adv: torch.Tensor) -> float:
@@ -178,8 +178,8 @@ class Cloaker:
             total = 0.0
             for view, target, clean in zip(views, targets, clean_views, strict=True):
                 xv = render_view(leaf, view)
-                if eot is not None:
-                    xv = eot(xv)
+                if eot_specs is not None:
+                    xv = sample_eot(eot_specs, generator)(xv)  # a fresh transform per view and step
                 with self._autocast():
                     loss = self.objective.loss(xv, target, generator)
                     if cfg.lpips_bound is not None:

@@ -99,3 +99,21 @@ def test_registry_entries_are_complete():
 def test_unknown_method_message():
     with pytest.raises(ConfigError, match=r"unknown method 'nope'; choose one of .*encoder"):
         CloakConfig(method="nope")
+
+
+def test_eot_draws_a_fresh_transform_per_step_and_keeps_the_budget(tiny_components, monkeypatch):
+    import cloak.transforms
+
+    drawn = []
+    real = cloak.transforms.sample_eot
+
+    def counting(specs, generator):
+        fn = real(specs, generator)
+        drawn.append(fn)
+        return fn
+
+    monkeypatch.setattr(cloak.transforms, "sample_eot", counting)
+    cfg = CloakConfig(eps=8, steps=3, eot=("jpeg:quality=75", "blur:kernel=3,sigma=1.0"))
+    result = Cloaker(tiny_components, cfg).protect(_image(), seed=0)
+    assert len(drawn) == 3 * result.views
+    assert 1 <= result.linf <= 8
