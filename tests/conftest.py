@@ -27,7 +27,9 @@ def offline_hub():
 
     saved_constant = hub_constants.HF_HUB_OFFLINE
     hub_constants.HF_HUB_OFFLINE = True
-    torch.set_num_threads(2)
+    # One intra-op thread: tiny models gain nothing from more, and on a busy 2-core machine two threads
+    # spin-wait on each other (measured 10-100x slower test files).
+    torch.set_num_threads(1)
     yield
     hub_constants.HF_HUB_OFFLINE = saved_constant
     for key, value in saved.items():

@@ -255,12 +255,12 @@ def test_mist_target_is_the_encoder_attacks_target(tiny_components):
 
 
 def test_style_sdedit_decoy_differs_from_the_input_and_ignores_the_cloak_seed(tiny_components):
-    obj = StyleCloak(tiny_components)
+    obj = StyleCloak(tiny_components, decoy="sdedit")
     assert obj.sdedit and obj.multiple == 4
     x = _x()
     with torch.no_grad():
         a, b = obj.target(x, _gen(1)), obj.target(x, _gen(2))
-        other = StyleCloak(tiny_components, decoy_seed=1).target(x, _gen(1))
+        other = StyleCloak(tiny_components, decoy="sdedit", decoy_seed=1).target(x, _gen(1))
     assert a.decoy.shape == x.shape and 0 <= a.decoy.min() and a.decoy.max() <= 1
     assert (a.decoy - x).abs().mean() > 0.05
     torch.testing.assert_close(a.decoy, b.decoy)
@@ -329,3 +329,8 @@ def test_style_options_are_validated(tiny_components):
         StyleCloak(tiny_components, decoy="x")
     with pytest.raises(ConfigError, match=r"must be >= 1; got strength 0.01 and num_inference_steps 20"):
         StyleCloak(tiny_components, strength=0.01)
+
+
+def test_style_default_decoy_does_not_depend_on_loaded_parts(tiny_components):
+    """The CLI loads only `needs`, the web page loads everything: the default must give the same cloak."""
+    assert not StyleCloak(tiny_components).sdedit

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from cloak.errors import ConfigError
 from cloak.units import vae_scale_factor
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class Objective:
     def __init__(self, components: Components) -> None:
         missing = sorted(p for p in self.needs if getattr(components, p, None) is None)
         if missing:
-            raise ValueError(f"method `{self.name}` needs model parts {missing}, which were not loaded")
+            raise ConfigError(f"method `{self.name}` needs model parts {missing}, which were not loaded.")
         self.components = components
 
     @property

@@ -9,8 +9,8 @@ minimises ``|| Phi(x + delta) - Phi(x_d) ||^2 + a * max(LPIPS(x + delta, x) - p,
 cloaked image learns the decoy style where the artist's should be. Here:
 
 - the decoy ``x_d``, computed once per view in :meth:`StyleCloak.target`: an SDEdit/img2img pass of the view under
-  ``decoy_prompt`` at ``strength`` (``cloak.methods.diffusion.img2img``) when the components include the UNet, text
-  encoder, tokenizer and scheduler (``decoy="auto"``) or with ``decoy="sdedit"``; otherwise a procedural decoy
+  ``decoy_prompt`` at ``strength`` (``cloak.methods.diffusion.img2img``) with ``decoy="sdedit"`` (or ``"auto"`` when
+  the UNet, text encoder, tokenizer and scheduler are loaded); by default a procedural decoy
   (:func:`procedural_decoy`: a posterised, smoothed rendering with diagonal brush-stroke ridges). SDEdit's noise
   comes from a generator seeded with ``decoy_seed``, not from the cloak's generator, so an artwork always gets the
   same decoy whatever the cloak's seed (Glaze's decoy is a fixed function of the artwork and the target style);
@@ -89,9 +89,10 @@ class StyleCloak(Objective):
 
     Args:
         components: needs ``vae``; SDEdit decoys also need ``unet``, ``text_encoder``, ``tokenizer``, ``scheduler``.
-        decoy: how the decoy is rendered: ``"sdedit"``, ``"procedural"`` (:func:`procedural_decoy`), or ``"auto"``
-            (default): SDEdit when those parts are loaded, else procedural. Pass it explicitly to get the same cloak
-            whatever parts another method made the caller load.
+        decoy: how the decoy is rendered: ``"procedural"`` (default, :func:`procedural_decoy`), ``"sdedit"``, or
+            ``"auto"``: SDEdit when those parts are loaded, else procedural. The default does not depend on which
+            parts the caller loaded, so the CLI (which loads only ``needs``) and the web page (which loads every
+            part) make the same files.
         decoy_prompt: the decoy style. Default ``"an impressionist oil painting with thick brush strokes"``.
         strength: SDEdit noise level, fraction of the schedule in (0, 1]. Default 0.5.
         num_inference_steps: DDIM steps of the full schedule; ``int(strength x num_inference_steps)`` (>= 1) are run.
@@ -111,7 +112,7 @@ class StyleCloak(Objective):
     def __init__(
         self,
         components: Components,
-        decoy: str = "auto",
+        decoy: str = "procedural",
         decoy_prompt: str = "an impressionist oil painting with thick brush strokes",
         strength: float = 0.5,
         num_inference_steps: int = 20,
