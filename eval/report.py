@@ -198,7 +198,12 @@ def plots(summary: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]
     defences = [d for d in summary["defences"] if d.get("effect") is not None]
     budget = _averaged([(f"{d['method']} {d['mimic']}", d["eps"], d["effect"]) for d in defences if d.get("eps")])
     vis = _averaged([(d["mimic"], d["vis_psnr"], d["effect"]) for d in defences if d.get("vis_psnr") is not None])
-    cond = [c for c in summary["conditions"] if c["retained"] is not None]
+    clear = {(d["artist"], d["defence"], d["mimic"]) for d in defences if d.get("above_noise")}
+    cond = [
+        c
+        for c in summary["conditions"]
+        if c["retained"] is not None and (c["artist"], c["defence"], c["mimic"]) in clear
+    ]
     retained = _averaged([((c["defence"], c["mimic"]), c["attack"], c["retained"]) for c in cond])
     attacks = list(dict.fromkeys(c["attack"] for c in cond))
     bars = [(f"{d} {m}", [dict(v).get(a) for a in attacks]) for (d, m), v in sorted(retained.items())]
@@ -226,7 +231,7 @@ def plots(summary: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]
             "retained",
             svg_bars(attacks, bars, "retained fraction"),
             "Retained fraction per attack: the share of the unattacked protection effect left after purification "
-            "(1 = untouched, 0 = removed).",
+            "(1 = untouched, 0 = removed); only defences whose unattacked effect exceeds the clean seed spread.",
         ),
     ]
 
@@ -243,6 +248,7 @@ def markdown_summary(summary: dict[str, list[dict[str, Any]]]) -> str:
         "worst_attack",
         "worst_effect",
         "clean_spread",
+        "above_noise",
     )
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(d.get(c)) for c in cols) + " |" for d in summary["defences"]]
@@ -363,6 +369,7 @@ def write_report(
                 "worst_attack",
                 "worst_effect",
                 "clean_spread",
+                "above_noise",
             ),
             left=4,
         ),

@@ -36,12 +36,13 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         baseline; None without one) and ``retained`` (``retained_fraction`` vs the same defence unattacked). A
         defence entry is one (artist, defence, mimic) with ``effect`` (unattacked), ``worst_attack`` and
         ``worst_effect`` (``worst_case`` over its attacks, "none" included), ``clean_spread`` (``seed_spread``
-        of the clean baseline) and the defence's mean visibility figures.
+        of the clean baseline), ``above_noise`` (the unattacked effect exceeds that spread) and the defence's mean
+        visibility figures.
     """
     scores = _mean_scores(rows)
     means = {k: fmean(v) for k, v in scores.items()}
     conditions = []
-    for (artist, defence, attack, mimic), score in sorted(means.items()):
+    for (artist, defence, attack, mimic), score in means.items():  # grid order: config order
         base = means.get((artist, CLEAN, NO_ATTACK, mimic))
         effect = None if base is None else protection_effect(base, score)
         unattacked = means.get((artist, defence, NO_ATTACK, mimic))
@@ -73,7 +74,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     for c in conditions:
         if c["defence"] != CLEAN and c["effect"] is not None:
             groups[(c["artist"], c["defence"], c["mimic"])][c["attack"]] = c["effect"]
-    for (artist, defence, mimic), effects in sorted(groups.items()):
+    for (artist, defence, mimic), effects in groups.items():
         # "none" first: on a tie the attacker need not purify at all
         effects = dict(sorted(effects.items(), key=lambda item: item[0] != NO_ATTACK))
         worst_attack, worst_effect = worst_case(effects)
@@ -88,6 +89,12 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
             "worst_effect": worst_effect,
             "clean_spread": seed_spread(clean_scores) if clean_scores else None,
         }
+        # an effect within the clean baseline's seed range cannot be told from noise (nor can its retained fraction)
+        entry["above_noise"] = (
+            None
+            if entry["effect"] is None or entry["clean_spread"] is None
+            else entry["effect"] > entry["clean_spread"]
+        )
         entry.update({k: fmean(v) for k, v in vis[(artist, defence)].items()})
         defences.append(entry)
     return {"conditions": conditions, "defences": defences}

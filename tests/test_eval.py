@@ -246,7 +246,7 @@ def test_summary_effect_retained_worst_case_and_spread():
     assert (
         d["effect"] == pytest.approx(0.6) and d["worst_attack"] == "jpeg" and d["worst_effect"] == pytest.approx(0.3)
     )
-    assert d["clean_spread"] == pytest.approx(0.2)
+    assert d["clean_spread"] == pytest.approx(0.2) and d["above_noise"] is True
     jpeg = next(c for c in s["conditions"] if c["attack"] == "jpeg")
     assert jpeg["retained"] == pytest.approx(0.5)
 
