@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cloak.errors import ConfigError
 from cloak.testbed.artists import EVAL_SEED_OFFSET, HELD_OUT, SEEN, STYLES, caption, paint_batch
 from cloak.testbed.dreambooth import SKS_PROMPT, dreambooth, generate
 from cloak.testbed.judge import Judge, load_judge
@@ -49,10 +50,10 @@ class CheckSettings:
     images_per_style: int = 64
     generations: int = 24
     num_inference_steps: int = 20
-    guidance_scale: float = 5.0
+    guidance_scale: float = 7.5
     instance_images: int = 16
-    db_steps: int = 400
-    db_lr: float = 2e-4
+    db_steps: int = 1500
+    db_lr: float = 4e-4
     db_batch: int = 4
     held_out: tuple[str, ...] = HELD_OUT
 
@@ -101,6 +102,7 @@ def run_check(
     quick: bool = False,
     settings: CheckSettings | None = None,
     log: Callable[[str], None] = print,
+    held_out: str = "",
 ) -> CheckReport:
     """Measure every gate on ``model`` ("testbed" or a folder written by ``build``) with its judge.
 
@@ -111,6 +113,7 @@ def run_check(
         quick: use ``QUICK`` settings (a smoke run) unless ``settings`` is given.
         settings: explicit settings.
         log: where progress lines go.
+        held_out: comma-separated held-out styles to DreamBooth, overriding the settings' list ("" keeps it).
 
     Returns:
         A ``CheckReport``; ``figures`` holds per-style numbers and timings.
@@ -118,6 +121,12 @@ def run_check(
     from cloak.models import TESTBED, TESTBED_DIR, load_components
 
     s = settings or (QUICK if quick else CheckSettings())
+    if held_out:
+        names = tuple(n.strip() for n in held_out.split(","))
+        unknown = [n for n in names if n not in HELD_OUT]
+        if unknown:
+            raise ConfigError(f"`held_out` styles must be among {', '.join(HELD_OUT)}, got {', '.join(unknown)}.")
+        s = replace(s, held_out=names)
     folder = TESTBED_DIR if model == TESTBED else Path(model)
     comp = load_components(model, device="cpu")
     judge = load_judge("cpu", folder / "judge")

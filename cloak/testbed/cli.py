@@ -65,6 +65,7 @@ def check(
     seed: int = typer.Option(0, help="Seed of every draw in the check."),
     quick: bool = typer.Option(False, "--quick", help="Fewer images and steps: a smoke run, not the gate figures."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the gates and per-style figures here."),
+    styles: str = typer.Option("", help="Comma-separated held-out styles to DreamBooth (default: all held out)."),
 ) -> None:
     """Measure and print the testbed's gates (VAE PSNR, judge accuracy, base-model fidelity, DreamBooth)."""
     from rich.console import Console
@@ -73,7 +74,7 @@ def check(
     from cloak.testbed.check import run_check
 
     console = Console()
-    report = run_check(model, seed=seed, quick=quick, log=console.print)
+    report = run_check(model, seed=seed, quick=quick, log=console.print, held_out=styles)
     table = Table(title=f"testbed gates ({model})")
     for col in ("gate", "measured", "target", "pass"):
         table.add_column(col)
