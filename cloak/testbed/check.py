@@ -54,7 +54,7 @@ class CheckSettings:
     instance_images: int = 16
     db_steps: int = 1500
     db_lr: float = 4e-4
-    db_batch: int = 4
+    db_batch: int = 8
     held_out: tuple[str, ...] = HELD_OUT
 
 
