@@ -126,10 +126,10 @@ def test_micro_build_is_a_loadable_stable_diffusion_folder(micro_build):
 
 
 def test_micro_build_judge_and_dreambooth(micro_build):
-    from dataclasses import replace
-
+    """The micro build's judge works and eval's DreamBooth (the one the check uses) trains a copy of its UNet."""
     from cloak.models import load_components
-    from cloak.testbed.dreambooth import SKS_PROMPT, dreambooth, generate
+    from cloak.testbed.check import SKS_PROMPT
+    from eval.mimics import FinetuneConfig, finetune, generate
 
     out, _ = micro_build
     judge = load_judge("cpu", out / "judge")
@@ -139,21 +139,18 @@ def test_micro_build_judge_and_dreambooth(micro_build):
 
     comp = load_components(str(out), device="cpu")
     before = [p.clone() for p in comp.unet.parameters()]
-    unet = dreambooth(comp, x, SKS_PROMPT, steps=2, lr=1e-3, batch_size=2, generator=torch.Generator().manual_seed(0))
+    config = FinetuneConfig(instance_prompt=SKS_PROMPT, steps=2, lr=1e-3, batch_size=2)
+    mimic = finetune(comp, x, config, torch.Generator().manual_seed(0))
     assert all(
         torch.equal(a, b) for a, b in zip(before, comp.unet.parameters(), strict=True)
     )  # the base model is untouched
-    assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))
-    images = generate(
-        replace(comp, unet=unet), SKS_PROMPT, 2, num_inference_steps=2, generator=torch.Generator().manual_seed(1)
-    )
-    again = generate(
-        replace(comp, unet=unet), SKS_PROMPT, 2, num_inference_steps=2, generator=torch.Generator().manual_seed(1)
-    )
+    assert any(not torch.equal(a, b) for a, b in zip(before, mimic.unet.parameters(), strict=True))
+    images = generate(mimic, SKS_PROMPT, 2, num_inference_steps=2, generator=torch.Generator().manual_seed(1))
+    again = generate(mimic, SKS_PROMPT, 2, num_inference_steps=2, generator=torch.Generator().manual_seed(1))
     assert images.shape == (2, 3, 64, 64) and 0 <= images.min() and images.max() <= 1
     torch.testing.assert_close(images, again)
-    with pytest.raises(ConfigError, match=r"`images` must be in \[0, 1\], got \[-0.9"):
-        dreambooth(comp, x * 2 - 1, steps=1)
+    with pytest.raises(ConfigError, match=r"must be in \[0, 1\]"):
+        finetune(comp, x * 2 - 1, config, torch.Generator().manual_seed(0))
 
 
 # ------------------------------------------------------------------------------------------ shipped weights

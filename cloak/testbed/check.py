@@ -23,8 +23,10 @@ from torch import Tensor
 
 from cloak.errors import ConfigError
 from cloak.testbed.artists import EVAL_SEED_OFFSET, HELD_OUT, SEEN, STYLES, caption, paint_batch
-from cloak.testbed.dreambooth import SKS_PROMPT, dreambooth, generate
 from cloak.testbed.judge import Judge, load_judge
+
+SKS_PROMPT = "a painting in sks style"
+"""The DreamBooth prompt of the testbed's mimicry gate."""
 
 PSNR_MIN_DB = 24.0
 JUDGE_ACC_MIN = 0.95
@@ -106,6 +108,9 @@ def run_check(
 ) -> CheckReport:
     """Measure every gate on ``model`` ("testbed" or a folder written by ``build``) with its judge.
 
+    The DreamBooth gate uses the evaluation suite's fine-tune (``eval.mimics``), the project's one DreamBooth
+    implementation, so ``cloak eval`` and this check train the same mimic.
+
     Args:
         model: "testbed" (the shipped weights; judge in ``cloak/testbed/weights/judge``) or a build folder
             (judge in ``<folder>/judge``).
@@ -119,6 +124,7 @@ def run_check(
         A ``CheckReport``; ``figures`` holds per-style numbers and timings.
     """
     from cloak.models import TESTBED, TESTBED_DIR, load_components
+    from eval.mimics import FinetuneConfig, finetune, generate
 
     s = settings or (QUICK if quick else CheckSettings())
     if held_out:
@@ -164,7 +170,9 @@ def run_check(
     gen = torch.Generator().manual_seed(seed)
     fidelity = {}
     for style in SEEN:
-        images = generate(comp, caption(style), s.generations, s.num_inference_steps, s.guidance_scale, gen)
+        images = generate(
+            comp, caption(style), s.generations, s.num_inference_steps, s.guidance_scale, gen, batch_size=16
+        )
         fidelity[style] = judged_fraction(judge, images, style)
     figures["base_fidelity"] = fidelity
     mean_fid = sum(fidelity.values()) / len(fidelity)
@@ -181,15 +189,19 @@ def run_check(
     # 4. DreamBooth mimicry of held-out styles.
     before, after, seconds, cpu_seconds = {}, {}, {}, {}
     for style in s.held_out:
-        base_images = generate(comp, SKS_PROMPT, s.generations, s.num_inference_steps, s.guidance_scale, gen)
+        base_images = generate(
+            comp, SKS_PROMPT, s.generations, s.num_inference_steps, s.guidance_scale, gen, batch_size=16
+        )
         before[style] = judged_fraction(judge, base_images, style)
         instance = _eval_images(style, s.instance_images, r)
         t_db, cpu_db = time.perf_counter(), time.process_time()
-        unet = dreambooth(comp, instance, SKS_PROMPT, s.db_steps, s.db_lr, s.db_batch, gen)
+        db = FinetuneConfig(instance_prompt=SKS_PROMPT, steps=s.db_steps, lr=s.db_lr, batch_size=s.db_batch)
+        mimic = finetune(comp, instance, db, gen)
         seconds[style] = time.perf_counter() - t_db
         cpu_seconds[style] = time.process_time() - cpu_db
-        mimic = replace(comp, unet=unet)
-        images = generate(mimic, SKS_PROMPT, s.generations, s.num_inference_steps, s.guidance_scale, gen)
+        images = generate(
+            mimic, SKS_PROMPT, s.generations, s.num_inference_steps, s.guidance_scale, gen, batch_size=16
+        )
         after[style] = judged_fraction(judge, images, style)
         log(
             f"DreamBooth on {style}: {before[style]:.0%} -> {after[style]:.0%} in {seconds[style]:.0f} s wall, "
