@@ -14,11 +14,11 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from cloak.errors import ConfigError, ModelNotFoundError
+from cloak.metrics import frechet_distance  # noqa: F401  (the judge's features feed it; one implementation)
 
 JUDGE_DIR = Path(__file__).parent / "weights" / "judge"
 """Where the shipped judge lives: ``config.json`` + ``model.safetensors``."""
@@ -139,36 +139,3 @@ def load_judge(device: str | torch.device = "cpu", folder: str | Path | None = N
     net = JudgeNet(config)
     net.load_state_dict(load_file(str(w_path)))
     return Judge(net.to(device), config)
-
-
-def frechet_distance(feats_a: Tensor | np.ndarray, feats_b: Tensor | np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (the FID formula).
-
-    ``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` (Heusel et al., 2017). Lower means closer
-    distributions; 0 for identical ones. Estimates are biased for small sets: compare figures computed
-    with the same set sizes.
-
-    Args:
-        feats_a: ``(N, D)`` features, N >= 2.
-        feats_b: ``(M, D)`` features, M >= 2.
-
-    Returns:
-        The distance, >= 0 (in squared feature units).
-    """
-    a = np.asarray(feats_a.detach().cpu() if isinstance(feats_a, Tensor) else feats_a, dtype=np.float64)
-    b = np.asarray(feats_b.detach().cpu() if isinstance(feats_b, Tensor) else feats_b, dtype=np.float64)
-    for name, f in (("feats_a", a), ("feats_b", b)):
-        if f.ndim != 2 or f.shape[0] < 2:
-            raise ConfigError(f"`{name}` must be (N, D) with N >= 2, got shape {f.shape}.")
-    if a.shape[1] != b.shape[1]:
-        raise ConfigError(f"feature sizes differ: feats_a has D={a.shape[1]}, feats_b has D={b.shape[1]}.")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    # Tr((S_a S_b)^(1/2)) from the eigenvalues of S_a^(1/2) S_b S_a^(1/2), which is symmetric PSD: stabler than
-    # a general matrix square root and exact for PSD inputs.
-    w, v = np.linalg.eigh(cov_a)
-    sqrt_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    mid = np.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a)
-    tr_sqrt = np.sqrt(np.clip(mid, 0, None)).sum()
-    value = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_sqrt)
-    return max(value, 0.0)
