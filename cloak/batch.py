@@ -46,10 +46,6 @@ class Outcome:
     record: dict[str, Any] = field(default_factory=dict)
 
 
-def _has_magic(pattern: str) -> bool:
-    return glob.has_magic(pattern)
-
-
 def collect_inputs(inputs: Sequence[str], exclude: Path | None = None) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Expand files, folders (recursively) and glob patterns into ``(file, relative output stem)`` pairs.
 
@@ -79,7 +75,7 @@ def collect_inputs(inputs: Sequence[str], exclude: Path | None = None) -> tuple[
             pairs += [(p, p.relative_to(path).with_suffix("")) for p in found]
         elif path.is_file():
             pairs.append((path, Path(path.stem)))
-        elif _has_magic(item):
+        elif glob.has_magic(item):
             found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file() and wanted(Path(p)))
             if not found:
                 errors.append(f"{item}: the pattern matched no supported image")
@@ -104,15 +100,15 @@ def plan_jobs(pairs: Sequence[tuple[Path, Path]], out_dir: Path, fmt: str = "png
     for source, rel in pairs:
         output = out_dir / rel.with_name(rel.name + FORMATS[fmt])
         sidecar = out_dir / rel.with_name(rel.name + ".cloak.json")
-        key = output.resolve()
-        if source.resolve() in claimed.values() and key in claimed:
-            continue  # the same file named twice (e.g. a folder and a glob): cloak it once
+        key, real = output.resolve(), source.resolve()
+        if claimed.get(key) == real:
+            continue  # the same file named twice with the same output (e.g. a file and its folder): cloak it once
         if key in sources:
             errors.append(f"{source}: its output {output} would overwrite an input; choose another --out folder")
         elif key in claimed:
             errors.append(f"{source}: its output {output} is already the output of {claimed[key]}; rename one")
         else:
-            claimed[key] = source.resolve()
+            claimed[key] = real
             jobs.append(Job(source=source, output=output, sidecar=sidecar))
     return jobs, errors
 

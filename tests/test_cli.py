@@ -175,3 +175,11 @@ def test_purify_files_and_errors(tmp_path):
     assert bad.exit_code == 2 and "Unknown attack 'sharpen'" in bad.output
     needs = runner.invoke(app, ["purify", str(folder), "--out", str(out), "--attack", "diffpure"])
     assert needs.exit_code == 2 and "need a diffusion model" in needs.output
+
+
+def test_same_file_named_twice_is_cloaked_once(tmp_path, tiny_model_dir):
+    Image.fromarray(_noise(16, 16)).save(tmp_path / "a.png")
+    result = _protect(tmp_path / "a.png", tmp_path / "a.png", "--out", tmp_path / "o", "--model", tiny_model_dir,
+                      "--steps", "1")
+    assert result.exit_code == 0, result.output
+    assert "1 cloaked, 0 skipped, 0 failed" in result.output
