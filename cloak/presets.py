@@ -1,12 +1,18 @@
-"""Named settings for artists: ``fast``, ``default``, ``strong``.
+"""Named settings: the artist-facing presets and the published methods as baselines.
 
-A preset fixes the method, budget and number of steps; explicit options override it. Times are measured by
-``python benchmarks/bench_protect.py`` (see the README); steps are each one VAE forward + backward.
+A preset fixes the method, budget, steps and method options; explicit options override it. The artist presets'
+times are measured by ``python benchmarks/bench_protect.py`` (see the README); a step is one model forward +
+backward per view.
+
+``BASELINES`` are the published methods under their own names with their published settings, converted to the
+0-255 scale of the saved file (FIELD_NOTES section 2-3: repositories state budgets in different pixel spaces).
+They exist to be compared against (``cloak eval`` defences take ``preset = "<name>"``), not recommended to artists.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from cloak.errors import ConfigError
 
@@ -17,15 +23,21 @@ class Preset:
 
     Attributes:
         method: registry key in ``cloak.methods.METHODS``.
-        eps: L-inf budget, 0-255 units.
+        eps: L-inf budget, 0-255 units (its integer part is what the saved file is held to).
         steps: optimiser steps.
         description: one line for people.
+        options: method-specific keyword arguments.
+        lpips_bound: optional LPIPS hinge bound (needs LPIPS weights).
+        reference: where the settings come from (baselines).
     """
 
     method: str
     eps: float
     steps: int
     description: str
+    options: dict[str, Any] = field(default_factory=dict)
+    lpips_bound: float | None = None
+    reference: str = ""
 
 
 PRESETS: dict[str, Preset] = {
@@ -33,11 +45,64 @@ PRESETS: dict[str, Preset] = {
     "default": Preset("encoder", 8.0, 16, "16 steps: the recommended balance of protection and time"),
     "strong": Preset("encoder", 12.0, 64, "64 steps at a larger budget: strongest, slower, slightly more visible"),
 }
+"""Artist-facing presets (the CLI's ``--preset`` and the web page)."""
+
+BASELINES: dict[str, Preset] = {
+    "photoguard": Preset(
+        "encoder",
+        7.7,
+        1000,
+        "PhotoGuard encoder attack toward a grey image's latent",
+        {"target": "grey"},
+        reference="Salman et al., ICML 2023; notebook budget 0.06 in [-1, 1] = 7.7/255, 1000 steps",
+    ),
+    "mist": Preset(
+        "mist",
+        16.0,
+        100,
+        "Mist (fused textural + semantic loss)",
+        reference="Liang et al., ICML 2023; Mist v1: 16/255, 100 steps",
+    ),
+    "advdm": Preset(
+        "advdm",
+        16.0,
+        100,
+        "AdvDM: maximise the denoising loss",
+        reference="Liang et al., ICML 2023: 16/255, 100 steps",
+    ),
+    "aspl": Preset(
+        "aspl",
+        6.4,
+        300,
+        "Anti-DreamBooth ASPL (50 rounds of 6 PGD steps, surrogate fine-tuned in between)",
+        reference="Van Le et al., ICCV 2023: 0.05 in [-1, 1] = 6.4/255, 50 x 6 PGD steps",
+    ),
+    "sds": Preset(
+        "sds",
+        16.0,
+        100,
+        "SDS(-): score-distillation gradient, minimising the denoising loss",
+        {"minimise": True},
+        reference="Xue et al., ICLR 2024: 16/255, 100 steps",
+    ),
+    "glaze-like": Preset(
+        "style",
+        16.0,
+        100,
+        "Glaze-like style cloak under an LPIPS bound of 0.05 (needs LPIPS weights)",
+        lpips_bound=0.05,
+        reference="Shan et al., USENIX Security 2023: LPIPS budget p = 0.05; Glaze itself is closed",
+    ),
+}
+"""Published methods with their published settings, for comparison."""
 
 
 def get_preset(name: str) -> Preset:
-    """Look up a preset by name, with a clear error listing the known ones."""
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.") from None
+    """Look up an artist preset or a baseline by name, with a clear error listing the known ones."""
+    found = PRESETS.get(name) or BASELINES.get(name)
+    if found is None:
+        raise ConfigError(
+            f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (or a published baseline: "
+            f"{', '.join(BASELINES)})."
+        )
+    return found

@@ -69,8 +69,13 @@ class CloakConfig:
     def from_preset(cls, name: str, **overrides: Any) -> CloakConfig:
         """A preset's settings, with ``overrides`` (those not ``None``) on top."""
         p = get_preset(name)
-        base = cls(method=p.method, eps=p.eps, steps=p.steps)
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        base = cls(method=p.method, eps=p.eps, steps=p.steps, lpips_bound=p.lpips_bound, options=dict(p.options))
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "method" in overrides and overrides["method"] != p.method:
+            base = replace(base, options={})  # the preset's options belong to its method
+        if "options" in overrides:
+            overrides["options"] = {**base.options, **overrides["options"]}
+        return replace(base, **overrides)
 
     def pgd(self) -> PGDConfig:
         return PGDConfig(eps=self.eps, steps=self.steps, step_size=self.step_size, random_start=self.random_start)

@@ -25,6 +25,8 @@ baseline is always part of it. Schema (every key but ``model``, ``artists`` and 
     method = "encoder"                #   cloak.methods.METHODS key
     eps = 8                           #   L-inf budget, 0-255 units
     steps = 16                        #   optimiser steps (also: step_size, eot, options, name)
+    [[defences]]                      # ... or a preset / published baseline (cloak.presets), keys override it
+    preset = "mist"
     [[defences]]                      # ... or another tool's output
     name = "glaze"
     precomputed = "glazed/{artist}"   #   files named like the artist's training images ({artist} = its name)
@@ -62,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from cloak.errors import ConfigError
+from cloak.presets import get_preset
 from eval.mimics import FinetuneConfig
 
 if sys.version_info >= (3, 11):
@@ -108,6 +111,9 @@ class DefenceSpec:
         options: method-specific options.
         precomputed: a folder of protected images named like the training images; ``{artist}`` is replaced by
             the artist's name. None for a cloak computed here.
+        lpips_bound: optional LPIPS hinge bound of the cloak (needs LPIPS weights).
+        preset: the ``cloak.presets`` name the settings came from (an artist preset or a published baseline),
+            or None.
     """
 
     name: str
@@ -118,6 +124,8 @@ class DefenceSpec:
     eot: tuple[str, ...] = ()
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     precomputed: str | None = None
+    lpips_bound: float | None = None
+    preset: str | None = None
 
     def cloak_config(self):
         """The ``cloak.protect.CloakConfig`` of a cloak computed here."""
@@ -129,6 +137,7 @@ class DefenceSpec:
             steps=self.steps,
             step_size=self.step_size,
             eot=self.eot,
+            lpips_bound=self.lpips_bound,
             options=dict(self.options),
         )
 
@@ -396,6 +405,20 @@ def _artist(t: dict[str, Any], where: str, base: Path) -> ArtistSpec:
 
 def _defence(t: dict[str, Any], where: str) -> DefenceSpec:
     values = _pick(t, DefenceSpec, where)
+    if "preset" in values:
+        if "precomputed" in values:
+            raise ConfigError(f"{where}: give either `preset` or `precomputed`, not both.")
+        try:
+            p = get_preset(values["preset"])
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        method_changed = values.get("method", p.method) != p.method
+        base = {"method": p.method, "eps": p.eps, "steps": p.steps, "lpips_bound": p.lpips_bound}
+        base["options"] = {} if method_changed else dict(p.options)
+        overridden = {"method", "eps", "steps"} & set(values)
+        if "name" not in values:
+            values["name"] = f"{values['preset']}-{values.get('eps', p.eps):g}" if overridden else values["preset"]
+        values = {**base, **values, "options": {**base["options"], **values.get("options", {})}}
     if ("method" in values) == ("precomputed" in values):
         raise ConfigError(f"{where}: give exactly one of `method` (a cloak made here) or `precomputed` (a folder).")
     if "precomputed" in values:

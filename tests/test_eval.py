@@ -329,6 +329,25 @@ def test_config_unknown_file_or_name():
         load_config("no-such-grid")
 
 
+def test_defence_from_a_preset_or_baseline(tmp_path):
+    text = MINIMAL + (
+        "[[defences]]\npreset = 'photoguard'\n"
+        "[[defences]]\npreset = 'mist'\neps = 8\n"
+        "[[defences]]\npreset = 'default'\nname = 'ours'\n"
+    )
+    pg, mist, ours = load_config(_write(tmp_path, text)).defences
+    assert (pg.name, pg.method, pg.eps, pg.steps) == ("photoguard", "encoder", 7.7, 1000)
+    assert pg.options == {"target": "grey"} and pg.preset == "photoguard"
+    assert (mist.name, mist.method, mist.eps, mist.steps) == ("mist-8", "mist", 8, 100)
+    assert (ours.name, ours.method, ours.eps, ours.steps) == ("ours", "encoder", 8.0, 16)
+    assert load_config("agreement").defences == ()
+
+
+def test_defence_unknown_preset_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[\[defences\]\] #1: unknown preset 'glaze'"):
+        load_config(_write(tmp_path, MINIMAL + "[[defences]]\npreset = 'glaze'\n"))
+
+
 def test_img2img_strength_list_expands_to_a_sweep(tmp_path):
     cfg = load_config(_write(tmp_path, MINIMAL + "[[mimics]]\nkind = 'img2img'\nstrength = [0.2, 0.6]\n"))
     assert [(m.name, m.strength) for m in cfg.mimics[1:]] == [("img2img-0.2", 0.2), ("img2img-0.6", 0.6)]

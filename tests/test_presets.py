@@ -1,0 +1,48 @@
+"""Presets and published baselines: each one builds a working objective, overrides behave, bad names fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloak.errors import ConfigError
+from cloak.methods import METHODS
+from cloak.presets import BASELINES, PRESETS, get_preset
+from cloak.protect import CloakConfig
+
+
+@pytest.mark.parametrize("name", [*PRESETS, *BASELINES])
+def test_every_preset_builds_its_objective(name, tiny_components):
+    config = CloakConfig.from_preset(name)
+    preset = get_preset(name)
+    assert (config.method, config.eps, config.steps) == (preset.method, preset.eps, preset.steps)
+    assert config.options == preset.options and config.lpips_bound == preset.lpips_bound
+    objective = METHODS[config.method](tiny_components, **config.options)  # options are ones the method takes
+    assert objective.name == config.method
+
+
+def test_baselines_carry_their_published_budgets():
+    # FIELD_NOTES section 2: budgets converted to the 0-255 scale of the saved file
+    assert {n: b.eps for n, b in BASELINES.items()} == {
+        "photoguard": 7.7,
+        "mist": 16.0,
+        "advdm": 16.0,
+        "aspl": 6.4,
+        "sds": 16.0,
+        "glaze-like": 16.0,
+    }
+    assert BASELINES["glaze-like"].lpips_bound == 0.05
+    assert all(b.reference for b in BASELINES.values())
+
+
+def test_overrides_win_and_a_new_method_drops_the_presets_options():
+    c = CloakConfig.from_preset("photoguard", eps=8, steps=10, method=None)
+    assert (c.eps, c.steps, c.options) == (8, 10, {"target": "grey"})
+    c = CloakConfig.from_preset("photoguard", options={"period": 8})
+    assert c.options == {"target": "grey", "period": 8}
+    c = CloakConfig.from_preset("sds", method="encoder")
+    assert c.method == "encoder" and c.options == {}
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ConfigError, match=r"unknown preset 'glaze'.*fast, default, strong.*glaze-like"):
+        get_preset("glaze")
