@@ -1,10 +1,13 @@
 """Diffusion-based purifiers: DiffPure/SDEdit, GrIDPure, noisy upscaling, IMPRESS.
 
 They take injected model parts (`cloak.models.Components`: the real SD-1.x, the testbed, or tiny test models) and
-never load weights themselves. Any image size works: the image is padded by edge replication to a multiple of
-``8 x`` the VAE's scale factor (64 px for SD-1.x, so the UNet's downsamplings divide the latent), processed at
-its own size, and cropped back. Inputs and outputs are ``(B, 3, H, W)`` in [0, 1] on the caller's device and
-dtype; the models run on ``components.device`` in ``components.dtype``.
+never load weights themselves. Any image size works. DiffPure and noisy upscaling work at the image's own size:
+it is padded by edge replication to a multiple of ``8 x`` the VAE's scale factor (64 px for SD-1.x, so the UNet's
+downsamplings divide the latent) and cropped back. GrIDPure and IMPRESS work at the model's resolution
+(``components.resolution``), as the published attacks do on SD's 512 px images: GrIDPure resizes each tile to it,
+IMPRESS seeks consistency on the image as the mimic's loader resizes it (`cloak.views`); their cost per image
+is then nearly independent of its size. Inputs and outputs are ``(B, 3, H, W)`` in [0, 1] on the caller's device
+and dtype; the models run on ``components.device`` in ``components.dtype``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from torch import Tensor
 
 from attacks.base import Purifier, seeded
 from cloak.errors import ConfigError
-from cloak.specs import Param, Range
+from cloak.specs import Param
 from cloak.transforms import gaussian_noise
 from cloak.units import eps_to_unit, from_vae, to_lpips, vae_latents, vae_scale_factor
+from cloak.views import plan_views, render_view
 
 if TYPE_CHECKING:
     from cloak.models import Components
@@ -156,6 +160,30 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
+def grid_geometry(height: int, width: int, tile: int | None = None, stride: int | None = None) -> tuple[int, int]:
+    """GrIDPure's tile side and stride for an image, px: by default half the short side and half the tile.
+
+    The published grid (FIELD_NOTES section 4: 256 px tiles, stride 128, on SD's 512 px images) is a fraction of
+    the image: a 3x3 grid of half-image tiles on a square image, whatever its pixel count. ``tile`` and
+    ``stride`` fix them in px instead.
+
+    Raises:
+        ConfigError: ``stride`` larger than ``tile``.
+    """
+    tile = tile if tile is not None else max(1, (min(height, width) + 1) // 2)
+    stride = stride if stride is not None else max(1, tile // 2)
+    if stride > tile:
+        raise ConfigError(f"`gridpure`: `stride` ({stride} px) must not exceed `tile` ({tile} px).")
+    return tile, stride
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Antialiased bicubic resize of ``(N, C, h, w)`` to ``size``; no copy when the size already matches."""
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+
+
 def gridpure(
     x: Tensor,
     components: Components,
@@ -168,22 +196,27 @@ def gridpure(
     generator: torch.Generator,
     prompt: str = "",
 ) -> Tensor:
-    """GrIDPure: DiffPure on overlapping tiles, averaged, blended with its input, repeated.
+    """GrIDPure: DiffPure on overlapping tiles at the model's resolution, averaged, blended with its input, repeated.
 
     Zhao et al., "Can Protective Perturbation Safeguard Personal Data from Being Exploited by Stable
     Diffusion?", CVPR 2024 (https://arxiv.org/abs/2312.00084); settings of FIELD_NOTES section 4: 256 px tiles,
-    stride 128, t = 10 of 1000 steps, 20 iterations, blend gamma 0.1. Each iteration ``k`` computes
-    ``x_{k+1} = (1 - gamma) * mean_over_tiles(DiffPure(tile of x_k)) + gamma * x_k``. Tiles are processed
-    `TILE_BATCH` at a time.
+    stride 128 on a 512 px image (a 3x3 grid of half-image tiles; `grid_geometry` scales it to any image), t = 10
+    of 1000 steps, 20 iterations, blend gamma 0.1. Each iteration ``k`` computes
+    ``x_{k+1} = (1 - gamma) * mean_over_tiles(up(DiffPure(down(tile of x_k)))) + gamma * x_k``, where ``down``
+    resizes a tile (antialiased bicubic) so that its short side is the model's resolution
+    (``components.resolution``), the size the diffusion model works at, and ``up`` resizes the result back. So
+    the diffusion pass costs the same per tile whatever the image size: on a 512 px image with the 64 px testbed,
+    9 tiles of 256 px run at 64 px (they are not cut into 961 tiles of 32 px); with SD-1.5 (512 px) they run at
+    512 px. All tiles of a round go through the model together, `TILE_BATCH` at a time.
 
     Args:
         x: ``(B, 3, H, W)`` in [0, 1], any size (a side shorter than ``tile`` is one tile of that side).
-        components: as `diffpure`.
+        components: as `diffpure`; ``components.resolution`` sets the size of the diffusion pass.
         t: diffusion depth of each DiffPure pass, fraction of the schedule, in (0, 1].
         num_inference_steps: DDIM steps of each pass.
         iterations: number of tile-purify-blend rounds, >= 1.
         gamma: share of the round's input kept, in [0, 1).
-        tile: tile side, px.
+        tile: tile side in the image, px (`grid_geometry` gives the published one).
         stride: offset between tiles, px, <= ``tile``.
         generator: draws all diffusion noise, on ``components.device``.
         prompt: conditioning text.
@@ -193,18 +226,21 @@ def gridpure(
     """
     b, _, h, w = x.shape
     th, tw = min(tile, h), min(tile, w)
+    scale = components.resolution / min(th, tw)
+    work = (max(1, round(th * scale)), max(1, round(tw * scale)))  # the tile as the model sees it, px
     boxes = [(y0, x0) for y0 in _starts(h, th, stride) for x0 in _starts(w, tw, stride)]
     current = x.to(components.device, components.dtype)
     embeds = prompt_embeddings(components, prompt, 1)
     for _ in range(iterations):
         tiles = torch.stack([current[..., y0 : y0 + th, x0 : x0 + tw] for y0, x0 in boxes], dim=1)
-        tiles = tiles.reshape(b * len(boxes), 3, th, tw)  # (B * n_tiles, 3, th, tw), image-major
+        tiles = _resize(tiles.reshape(b * len(boxes), 3, th, tw), work)  # (B * n_tiles, 3, *work), image-major
         purified = torch.cat(
             [
                 diffpure(chunk, components, t, num_inference_steps, generator, prompt_embeds=embeds)
                 for chunk in tiles.split(TILE_BATCH)
             ]
-        ).reshape(b, len(boxes), 3, th, tw)
+        )
+        purified = _resize(purified, (th, tw)).reshape(b, len(boxes), 3, th, tw)
         total = torch.zeros_like(current)
         count = torch.zeros_like(current[:, :1])
         for i, (y0, x0) in enumerate(boxes):
@@ -282,18 +318,23 @@ def impress(
     alpha: float,
     lpips_model: Any = None,
 ) -> Tensor:
-    """IMPRESS: make the image consistent under the VAE round trip while staying close to the input.
+    """IMPRESS: make the image, as the model sees it, consistent under the VAE round trip, staying close to the input.
 
     Cao et al., "IMPRESS: Evaluating the Resilience of Imperceptible Perturbations Against Unauthorized Data
     Usage in Diffusion-Based Generative AI", NeurIPS 2023 (https://arxiv.org/abs/2310.19248). Targets the VAE:
     a cloak that moves the latent leaves ``x`` and ``D(E(x))`` apart; minimising
-    ``||x' - D(E(x'))||^2`` pulls it back. Adam on ``x'`` from ``x``, ``iterations`` steps (the paper goes up
-    to 3000). The closeness bound is, with ``lpips_model``, the paper's hinge penalty
-    ``alpha * max(LPIPS(x', x) - lpips_eps, 0)``; without one, a hard L-inf projection to ``eps``/255 around x.
+    ``||v(x') - D(E(v(x')))||^2`` pulls it back. Adam on ``x'`` from ``x``, ``iterations`` steps (the paper goes
+    up to 3000). ``v`` renders the image as the mimic's data loader does (`cloak.views`: short side resized,
+    antialiased, to ``components.resolution`` when larger; overlapping tiles of that when very elongated): the
+    paper works on images at SD's 512 px, where ``v`` is the identity; on a larger image the fine-tune only ever
+    sees ``v(x')``, so that is where the consistency is sought, and the gradient flows back through the resize
+    to a full-resolution ``x'``. The closeness bound is on the full-resolution image: with ``lpips_model``, the
+    paper's hinge penalty ``alpha * max(LPIPS(x', x) - lpips_eps, 0)``; without one, a hard L-inf projection to
+    ``eps``/255 around x.
 
     Args:
         x: ``(B, 3, H, W)`` in [0, 1].
-        components: needs vae.
+        components: needs vae; ``components.resolution`` sets the views.
         iterations: Adam steps, >= 1.
         lr: Adam step size, [0, 1] pixel units.
         eps: L-inf bound, 0-255 units (used without ``lpips_model``).
@@ -306,16 +347,19 @@ def impress(
     """
     h, w = x.shape[-2:]
     vae = components.vae
-    target = _pad(x.detach().to(components.device, components.dtype), vae_scale_factor(vae))
+    views = plan_views(h, w, resolution=components.resolution, multiple=vae_scale_factor(vae))
+    target = x.detach().to(components.device, components.dtype)
     bound = eps_to_unit(eps)
     x_pur = target.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([x_pur], lr=lr)
     with torch.enable_grad():  # callers often purify under no_grad; this optimisation needs gradients
         for _ in range(iterations):
             optimiser.zero_grad()
-            z = vae_latents(vae, x_pur) / vae.config.scaling_factor
-            recon = from_vae(vae.decode(z).sample)
-            loss = (recon - x_pur).pow(2).mean()
+            loss = 0.0
+            for view in views:
+                seen = render_view(x_pur, view)
+                recon = from_vae(vae.decode(vae_latents(vae, seen) / vae.config.scaling_factor).sample)
+                loss = loss + (recon - seen).pow(2).mean() / len(views)
             if lpips_model is not None:
                 distance = lpips_model(to_lpips(x_pur), to_lpips(target)).mean()
                 loss = loss + alpha * torch.relu(distance - lpips_eps)
@@ -325,7 +369,7 @@ def impress(
                 if lpips_model is None:
                     x_pur.copy_(torch.minimum(torch.maximum(x_pur, target - bound), target + bound))
                 x_pur.clamp_(0, 1)
-    return x_pur.detach()[..., :h, :w].to(x.device, x.dtype)
+    return x_pur.detach().to(x.device, x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -355,9 +399,10 @@ class DiffPure(Purifier):
 
 
 class GridPure(Purifier):
-    """GrIDPure (`gridpure`). Defaults from FIELD_NOTES, scaled to the model: ``tile`` = resolution / 2 px,
-    ``stride`` = tile / 2 px (256 and 128 at SD's 512), ``t`` = 0.01 (10 of 1000 steps), 1 DDIM step,
-    ``iterations`` = 20, ``gamma`` = 0.1."""
+    """GrIDPure (`gridpure`). Defaults from FIELD_NOTES, scaled to the image and the model: ``tile`` = half the
+    image's short side, ``stride`` = tile / 2 px (256 and 128 on a 512 px image: a 3x3 grid), each tile purified
+    at the model's resolution; ``t`` = 0.01 (10 of 1000 steps), 1 DDIM step, ``iterations`` = 20,
+    ``gamma`` = 0.1."""
 
     name = "gridpure"
     summary = "GrIDPure: tiled DiffPure, blended, iterated (needs a model)"
@@ -369,7 +414,7 @@ class GridPure(Purifier):
         Param("steps", int, 1, low=1, high=1000),
         Param("iterations", int, 20, low=1),
         Param("gamma", float, 0.1, low=0, high=1, high_open=True),
-        Param("tile", int, None, low=8, unit="px; default resolution / 2"),
+        Param("tile", int, None, low=8, unit="px; default half the image's short side"),
         Param("stride", int, None, low=1, unit="px; default tile / 2"),
     )
 
@@ -377,15 +422,9 @@ class GridPure(Purifier):
         super().__init__(**options)
         self.components = check_components(components, self.needs, self.name)
         self.prompt = prompt
-        if not any(isinstance(self.values[k], Range) for k in ("tile", "stride")):
-            self._geometry(self.values["tile"], self.values["stride"])  # refuse stride > tile now, not mid-run
-
-    def _geometry(self, tile: int | None, stride: int | None) -> tuple[int, int]:
-        tile = tile if tile is not None else self.components.resolution // 2
-        stride = stride if stride is not None else max(1, tile // 2)
-        if stride > tile:
-            raise ConfigError(f"`gridpure`: `stride` ({stride} px) must not exceed `tile` ({tile} px).")
-        return tile, stride
+        tile, stride = self.values["tile"], self.values["stride"]
+        if isinstance(tile, int) and isinstance(stride, int):
+            grid_geometry(tile, tile, tile, stride)  # refuse stride > tile now, not mid-run
 
     def purify(
         self,
@@ -398,7 +437,7 @@ class GridPure(Purifier):
         stride: int | None,
         seed: int,
     ) -> Tensor:
-        tile, stride = self._geometry(tile, stride)
+        tile, stride = grid_geometry(x.shape[-2], x.shape[-1], tile, stride)
         generator = seeded(seed, self.components.device)
         return gridpure(x, self.components, t, steps, iterations, gamma, tile, stride, generator, self.prompt)
 
