@@ -19,6 +19,7 @@ from cloak.errors import CloakError, ConfigError
 from cloak.imageio import SUPPORTED_SUFFIXES, atomic_write_json, load_artwork, save_artwork
 
 if TYPE_CHECKING:
+    from cloak.distributed import Node
     from cloak.protect import Cloaker, CloakResult
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -111,6 +112,39 @@ def plan_jobs(pairs: Sequence[tuple[Path, Path]], out_dir: Path, fmt: str = "png
             claimed[key] = real
             jobs.append(Job(source=source, output=output, sidecar=sidecar))
     return jobs, errors
+
+
+TILE = 512 * 512
+"""Pixels of one 512x512 view: the unit of :func:`job_weight`."""
+
+
+def job_weight(job: Job) -> int:
+    """The cost of cloaking ``job``'s file, for sharing a batch across ranks: its area in 512x512 tiles, >= 1.
+
+    The optimiser's cost grows with the number of views of the image (``cloak.views``), about one per 512x512
+    tile for large images and one for anything smaller. Only the header is read; a file that cannot be read
+    counts 1 (it will fail quickly and be reported by :func:`run_job`).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(job.source) as img:
+            width, height = img.size
+    except (OSError, UnidentifiedImageError, ValueError):
+        return 1
+    return max(1, math.ceil(width * height / TILE))
+
+
+def share_jobs(jobs: Sequence[Job], node: Node) -> list[Job]:
+    """This rank's jobs of a batch run under torchrun / accelerate launch (every job in a single process).
+
+    Shares are disjoint, cover ``jobs`` and depend only on the input files (balanced by :func:`job_weight`,
+    ``cloak.distributed.shard``), never on timing. A file's result does not depend on its rank either: every file
+    is cloaked with the same seed, and a ``Cloaker`` carries no state from one image to the next.
+    """
+    from cloak.distributed import share
+
+    return share(jobs, node, job_weight)
 
 
 def sha256(path: Path) -> str:

@@ -76,7 +76,8 @@ def protect(
     """Cloak images so that fine-tuning or img2img on them fails to copy the style."""
     import torch
 
-    from cloak.batch import FORMATS, LOSSY_WARNING, collect_inputs, plan_jobs, run_job
+    from cloak.batch import FORMATS, LOSSY_WARNING, collect_inputs, plan_jobs, run_job, share_jobs
+    from cloak.distributed import all_sum, session
     from cloak.errors import ConfigError, ModelNotFoundError
     from cloak.methods import METHODS
     from cloak.models import load_components
@@ -97,77 +98,89 @@ def protect(
     if fmt != "png":
         console.print(f"[yellow]warning:[/yellow] {LOSSY_WARNING.format(fmt=fmt.upper())}")
 
-    pairs, errors = collect_inputs(inputs, exclude=out)
-    jobs, plan_errors = plan_jobs(pairs, out, fmt)
-    errors += plan_errors
-    for message in errors:
-        console.print(f"[red]FAILED[/red] {message}")
-    if not jobs:
-        console.print("nothing to cloak.")
-        raise typer.Exit(1 if errors else 0)
+    with session(device) as node:  # under torchrun / accelerate launch: this rank's share; else every file
+        pairs, errors = collect_inputs(inputs, exclude=out)
+        jobs, plan_errors = plan_jobs(pairs, out, fmt)
+        errors += plan_errors
+        reported = errors if node.is_main else []  # every rank plans the same; rank 0 reports and counts
+        for message in reported:
+            console.print(f"[red]FAILED[/red] {message}")
+        if not jobs:
+            if node.is_main:
+                console.print("nothing to cloak.")
+            raise typer.Exit(1 if errors else 0)
+        mine = share_jobs(jobs, node)
 
-    parts = set(METHODS[config.method].needs)
-    try:
-        with console.status(f"loading {model} ({', '.join(sorted(parts))})..."):
-            components = load_components(model, parts, device=device)
-            lpips_model = _lpips_for(components.device, needed=config.lpips_bound is not None)
-            cloaker = Cloaker(components, config, lpips_model=lpips_model if config.lpips_bound else None)
-    except ModelNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from None
-    except ConfigError as err:
-        raise _usage_error(str(err)) from None
+        parts = set(METHODS[config.method].needs)
+        try:
+            with console.status(f"{node.label}loading {model} ({', '.join(sorted(parts))})..."):
+                components = load_components(model, parts, device=node.device)
+                lpips_model = _lpips_for(components.device, needed=config.lpips_bound is not None)
+                cloaker = Cloaker(components, config, lpips_model=lpips_model if config.lpips_bound else None)
+        except ModelNotFoundError as err:
+            console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(1) from None
+        except ConfigError as err:
+            raise _usage_error(str(err)) from None
 
-    def measure_lpips(a, b) -> float:
-        from cloak.imageio import to_tensor
-        from cloak.metrics import lpips_distance
+        def measure_lpips(a, b) -> float:
+            from cloak.imageio import to_tensor
+            from cloak.metrics import lpips_distance
 
-        dev = components.device
-        return round(lpips_distance(lpips_model, to_tensor(a).to(dev), to_tensor(b).to(dev)), 5)
+            dev = components.device
+            return round(lpips_distance(lpips_model, to_tensor(a).to(dev), to_tensor(b).to(dev)), 5)
 
-    describe = {"preset": preset, "model": model, "device": str(components.device)}
-    counts = {"done": 0, "skipped": 0, "failed": len(errors)}
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+        # The device type, not its index: a file cloaked on cuda:1 by rank 1 gets the sidecar a single process writes.
+        describe = {"preset": preset, "model": model, "device": components.device.type}
+        counts = {"done": 0, "skipped": 0, "failed": len(reported)}
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        overall = progress.add_task("images", total=len(jobs))
-        for job in jobs:
-            current = progress.add_task(f"  {job.source.name}", total=config.steps)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn())
+        # One live bar per terminal: rank 0's (its share); the other ranks print their lines only.
+        with Progress(*columns, console=console, transient=False, disable=not node.is_main) as progress:
+            overall = progress.add_task(f"{node.label}images", total=len(mine))
+            for job in mine:
+                current = progress.add_task(f"  {job.source.name}", total=config.steps)
 
-            def step(i: int, n: int, loss: float, task=current) -> None:
-                progress.update(task, completed=i)
+                def step(i: int, n: int, loss: float, task=current) -> None:
+                    progress.update(task, completed=i)
 
-            with torch.inference_mode(False):
-                outcome = run_job(
-                    job, cloaker, seed=seed, fmt=fmt, overwrite=overwrite, strip_gps=strip_gps, describe=describe,
-                    measure_lpips=measure_lpips if lpips_model is not None else None, callback=step,
-                )
-            progress.remove_task(current)
-            progress.advance(overall)
-            counts[outcome.status] += 1
-            if outcome.status == "failed":
-                progress.console.print(f"[red]FAILED[/red] {outcome.message}")
-            elif outcome.status == "skipped":
-                progress.console.print(f"skipped {job.source} ({outcome.message})")
-            else:
-                r = outcome.record
-                progress.console.print(
-                    f"[green]done[/green] {job.source} -> {job.output}  L-inf {r['linf']}/255, "
-                    f"PSNR {r['psnr']:.1f} dB, SSIM {r['ssim']:.3f}, {r['seconds']:.1f} s"
-                )
-    console.print(f"{counts['done']} cloaked, {counts['skipped']} skipped, {counts['failed']} failed.")
-    if lpips_model is None:
-        console.print("(LPIPS not measured: its AlexNet weights are not cached on this machine.)")
-    raise typer.Exit(1 if counts["failed"] else 0)
+                with torch.inference_mode(False):
+                    outcome = run_job(
+                        job, cloaker, seed=seed, fmt=fmt, overwrite=overwrite, strip_gps=strip_gps,
+                        describe=describe, measure_lpips=measure_lpips if lpips_model is not None else None,
+                        callback=step,
+                    )
+                progress.remove_task(current)
+                progress.advance(overall)
+                counts[outcome.status] += 1
+                if outcome.status == "failed":
+                    progress.console.print(f"{node.label}[red]FAILED[/red] {outcome.message}")
+                elif outcome.status == "skipped":
+                    progress.console.print(f"{node.label}skipped {job.source} ({outcome.message})")
+                else:
+                    r = outcome.record
+                    progress.console.print(
+                        f"{node.label}[green]done[/green] {job.source} -> {job.output}  L-inf {r['linf']}/255, "
+                        f"PSNR {r['psnr']:.1f} dB, SSIM {r['ssim']:.3f}, {r['seconds']:.1f} s"
+                    )
+        if node.world_size > 1:
+            console.print(f"{node.label}this share: {counts['done']} cloaked, {counts['skipped']} skipped, "
+                          f"{counts['failed']} failed.")
+        done, skipped, failed = all_sum([counts["done"], counts["skipped"], counts["failed"]])
+        if node.is_main:
+            console.print(f"{done} cloaked, {skipped} skipped, {failed} failed.")
+            if lpips_model is None:
+                console.print("(LPIPS not measured: its AlexNet weights are not cached on this machine.)")
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()

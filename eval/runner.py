@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cloak.distributed import Node, all_sum, barrier, gather, session
 from cloak.errors import CloakError, ConfigError
 from cloak.imageio import atomic_write_bytes, atomic_write_json
 from eval import data
@@ -77,6 +78,7 @@ CSV_COLUMNS = (
 # included), bad values from the libraries, and files that cannot be read or written.
 CELL_ERRORS = (CloakError, RuntimeError, ValueError, OSError)
 GRID_IMAGES = 8  # generations kept per cell for the report
+PART_GLOB = "results.part*.json"  # one rank's checkpoint in a multi-process run (merged into results.json)
 # Independent random streams per seed (the same for every defence, so conditions are paired).
 _ATTACK, _FINETUNE, _SAMPLE, _CLASS, _CLOAK = range(1, 6)
 
@@ -108,6 +110,23 @@ def plan(config: EvalConfig) -> list[Cell]:
                     for mimic in config.mimics:
                         cells.append(Cell(artist.name, defence, attack, mimic.name, seed))
     return cells
+
+
+def share_cells(cells: Sequence[Cell], node: Node) -> list[Cell]:
+    """This rank's cells when the grid runs under torchrun / accelerate launch (every cell in a single process).
+
+    Cells are shared in groups of one (artist, defence, seed): a group's protected and purified images are cached
+    in its own folder, so exactly one rank computes and writes them. Groups are balanced by their number of cells
+    (``cloak.distributed.shard``); the share depends only on the cells, never on timing, and each rank keeps the
+    plan's order. A cell's result does not depend on its rank: every random draw comes from the cell's seed.
+    """
+    from cloak.distributed import share
+
+    groups: dict[tuple[str, str, int], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.artist, cell.defence, cell.seed), []).append(cell)
+    keys = {c.key for group in share(list(groups.values()), node, len) for c in group}
+    return [c for c in cells if c.key in keys]
 
 
 def inputs_of(
@@ -176,11 +195,12 @@ def versions() -> dict[str, str | None]:
 class _Grid:
     """Loaded models, artists' images and caches shared by the cells of one run."""
 
-    def __init__(self, config: EvalConfig, out_dir: Path, device: str | None) -> None:
+    def __init__(self, config: EvalConfig, out_dir: Path, device: str | None, shared_writer: bool = True) -> None:
         from cloak.models import load_components
 
         self.config = config
         self.out = out_dir
+        self.shared_writer = shared_writer  # False on ranks > 0: rank 0 writes the caches every rank reads
         dtype = getattr(torch, config.dtype)
         self.components = load_components(config.model, device=device or config.device, dtype=dtype)
         self.judge = self._load_judge()
@@ -230,9 +250,13 @@ class _Grid:
     def artist_images(self, name: str) -> data.ArtistImages:
         if name not in self._images:
             images = data.load_artist(self.artists[name], self.components.resolution)
-            data.save_set(
-                self.out / "images" / name / "clean", images.names, list(images.train), inputs_of(self.config, name)
-            )
+            if self.shared_writer:
+                data.save_set(
+                    self.out / "images" / name / "clean",
+                    images.names,
+                    list(images.train),
+                    inputs_of(self.config, name),
+                )
             self._images[name] = images
         return self._images[name]
 
@@ -303,7 +327,24 @@ class _Grid:
             )
             cached = data.from_batch(x)
             data.save_set(folder, names, cached, inputs)
-        return data.to_batch(cached)
+        # Contiguous: images read back from the cache come as a channels-last view and fresh ones do not, and the
+        # two memory layouts take different convolution kernels (results differ in the last bits). A rank that
+        # reads the cache rank 0 wrote must fine-tune exactly as the single process that generated them.
+        return data.to_batch(cached).contiguous()
+
+    def prepare_shared(self, cells: Sequence[Cell]) -> None:
+        """Write the caches that cells of different ranks share (artists' clean images, prior-preservation class
+        images per seed), so that no two ranks ever write the same file; call on rank 0 before the ranks start."""
+        for artist in dict.fromkeys(c.artist for c in cells):
+            try:
+                self.artist_images(artist)
+            except CELL_ERRORS:
+                pass  # the cells that need these images fail on their own rank with this error and record it
+        for mimic, seed in dict.fromkeys((c.mimic, c.seed) for c in cells):
+            try:
+                self.class_images(self.mimics[mimic], seed)
+            except CELL_ERRORS:
+                pass  # as above
 
     # ------------------------------------------------------------------------------------------------ cells
 
@@ -489,70 +530,102 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
     log = log or console.print
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    cells = plan(config)
-    done = _load_rows(out_dir / "results.json") if resume else {}
-    prints = {c.key: cell_fingerprint(config, c) for c in cells}
-    rows = {k: r for k, r in done.items() if r.get("status") == "ok" and r.get("inputs") == prints.get(k)}
-    run_info = {
-        "config": config.to_dict(),
-        "config_file": config.source,
-        "versions": versions(),
-        "git": git_revision(),
-        "seeds": list(config.seeds),
-        "started": started,
-        "cells": len(cells),
-        "resumed_cells": len(rows),
-        "torch_threads": torch.get_num_threads(),
-    }
-    atomic_write_json(out_dir / "run.json", run_info)
-    todo = [c for c in cells if c.key not in rows]
-    grid = _Grid(config, out_dir, device) if todo else None
-    run_info["device"] = str(grid.components.device) if grid is not None else done_device(done)
-    failures: list[str] = []
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task("cells", total=len(cells), completed=len(cells) - len(todo))
-        for cell in todo:
-            bar.update(task, description=f"{cell.artist} {cell.defence} {cell.attack} {cell.mimic} s{cell.seed}")
-            try:
-                row = grid.run_cell(cell)
-            except CELL_ERRORS as err:
-                message = f"{type(err).__name__}: {err}"
-                row = {
-                    "artist": cell.artist,
-                    "defence": cell.defence,
-                    "attack": cell.attack,
-                    "mimic": cell.mimic,
-                    "seed": cell.seed,
-                    "status": "failed",
-                    "error": message,
-                }
-                failures.append(f"== {cell.key}\n{traceback.format_exc()}")
-                log(f"[red]failed[/red] {cell.key}: {message}")
-            else:
-                log(f"done {cell.key}: score {row.get('score')} in {row['seconds']} s")
-            row["key"], row["inputs"] = cell.key, prints[cell.key]
-            rows[cell.key] = _finite(row)
-            _write_results(out_dir, config, cells, rows)
-            bar.advance(task)
-    ordered = [rows[c.key] for c in cells if c.key in rows]
-    summary = _write_results(out_dir, config, cells, rows)
-    write_csv(out_dir / "results.csv", ordered)
-    if failures:
-        atomic_write_bytes(out_dir / "failures.log", "\n".join(failures).encode("utf-8"))
-    from eval.report import write_report
+    with session(device or config.device) as node:  # under torchrun / accelerate launch: this rank's cells
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        cells = plan(config)
+        done = {}
+        if resume:
+            done = _load_rows(out_dir / "results.json")
+            for part in sorted(out_dir.glob(PART_GLOB)):  # rows a stopped multi-process run checkpointed
+                done.update(_load_rows(part))
+        prints = {c.key: cell_fingerprint(config, c) for c in cells}
+        rows = {k: r for k, r in done.items() if r.get("status") == "ok" and r.get("inputs") == prints.get(k)}
+        barrier()  # every rank has read what is done before any rank writes a checkpoint
+        run_info = {
+            "config": config.to_dict(),
+            "config_file": config.source,
+            "versions": versions(),
+            "git": git_revision(),
+            "seeds": list(config.seeds),
+            "started": started,
+            "cells": len(cells),
+            "resumed_cells": len(rows),
+            "torch_threads": torch.get_num_threads(),
+            "world_size": node.world_size,
+        }
+        if node.is_main:
+            atomic_write_json(out_dir / "run.json", run_info)
+        todo = [c for c in cells if c.key not in rows]
+        mine = share_cells(todo, node)
+        grid = _Grid(config, out_dir, node.device, shared_writer=node.is_main) if todo else None
+        if grid is not None and node.world_size > 1:
+            if node.is_main:
+                grid.prepare_shared(todo)
+            barrier()  # the shared caches are written before any other rank reads them
+        run_info["device"] = str(grid.components.device) if grid is not None else done_device(done)
+        # A single process checkpoints into results.json; in a group each rank writes its own part file, merged
+        # by rank 0 at the end (and read back by a resumed run if the group was stopped).
+        part = out_dir / f"results.part{node.rank}.json"
+        new_rows: dict[str, dict[str, Any]] = {}
+        failures: list[str] = []
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        # One live bar per terminal: rank 0's (its share); the other ranks log their lines only.
+        with Progress(*columns, console=console, disable=not progress or not node.is_main) as bar:
+            resumed = len(cells) - len(todo)
+            task = bar.add_task(f"{node.label}cells", total=resumed + len(mine), completed=resumed)
+            for cell in mine:
+                bar.update(task, description=f"{cell.artist} {cell.defence} {cell.attack} {cell.mimic} s{cell.seed}")
+                try:
+                    row = grid.run_cell(cell)
+                except CELL_ERRORS as err:
+                    message = f"{type(err).__name__}: {err}"
+                    row = {
+                        "artist": cell.artist,
+                        "defence": cell.defence,
+                        "attack": cell.attack,
+                        "mimic": cell.mimic,
+                        "seed": cell.seed,
+                        "status": "failed",
+                        "error": message,
+                    }
+                    failures.append(f"== {cell.key}\n{traceback.format_exc()}")
+                    log(f"{node.label}[red]failed[/red] {cell.key}: {message}")
+                else:
+                    log(f"{node.label}done {cell.key}: score {row.get('score')} in {row['seconds']} s")
+                row["key"], row["inputs"] = cell.key, prints[cell.key]
+                rows[cell.key] = new_rows[cell.key] = _finite(row)
+                if node.world_size == 1:
+                    _write_results(out_dir, config, cells, rows)
+                else:
+                    atomic_write_json(part, {"config": config.name, "cells": list(new_rows.values())})
+                bar.advance(task)
+        gathered = gather((new_rows, failures))
+        if node.is_main:
+            for their_rows, their_failures in gathered[1:]:
+                rows.update(their_rows)
+                failures += their_failures
+            ordered = [rows[c.key] for c in cells if c.key in rows]
+            summary = _write_results(out_dir, config, cells, rows)
+            write_csv(out_dir / "results.csv", ordered)
+            if failures:
+                atomic_write_bytes(out_dir / "failures.log", "\n".join(failures).encode("utf-8"))
+            from eval.report import write_report
 
-    run_info.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), failed_cells=len(failures))
-    atomic_write_json(out_dir / "run.json", run_info)
-    write_report(out_dir, config, ordered, summary, run_info)
-    return 1 if failures else 0
+            run_info.update(
+                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), failed_cells=len(failures)
+            )
+            atomic_write_json(out_dir / "run.json", run_info)
+            write_report(out_dir, config, ordered, summary, run_info)
+            for stale in out_dir.glob(PART_GLOB):  # merged into results.json
+                stale.unlink()
+        (failed,) = all_sum([len(failures) if node.is_main else 0])  # also holds every rank until rank 0 wrote
+    return 1 if failed else 0
 
 
 def done_device(rows: dict[str, dict[str, Any]]) -> str | None:
