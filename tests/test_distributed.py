@@ -251,3 +251,13 @@ def test_eval_on_two_processes_gives_the_single_process_cells_and_images(tmp_pat
     assert len(_files(tmp_path / "two", "images/**/*.png")) == 2 + 2 * (2 + 2 + 2)
     assert not list((tmp_path / "two").glob("results.part*.json"))  # merged and removed
     assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+
+    # A group stopped before its merge leaves one checkpoint per rank; a resumed run (any size) picks them up.
+    rows = json.loads((tmp_path / "one" / "results.json").read_text())["cells"]
+    (tmp_path / "one" / "results.json").unlink()
+    for r in (0, 1):
+        (tmp_path / "one" / f"results.part{r}.json").write_text(json.dumps({"cells": rows[r::2]}))
+    lines = []
+    assert run(config, tmp_path / "one", progress=False, log=lines.append) == 0
+    assert lines == [] and not list((tmp_path / "one").glob("results.part*.json"))
+    assert [c["key"] for c in json.loads((tmp_path / "one" / "results.json").read_text())["cells"]] == keys
