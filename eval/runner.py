@@ -5,6 +5,9 @@ images (attack "none") are always part of the grid. Protected and purified image
 seed) and (defence, seed, attack) as PNG files; finished cells are recorded in ``results.json`` after each one
 and skipped on a re-run; a failing cell is recorded with its error and the others go on.
 
+Under ``torchrun`` / ``accelerate launch`` the cells are shared across the ranks (:func:`share_cells`); each rank
+checkpoints its rows into ``results.part<rank>.json`` and rank 0 merges them into the outputs below at the end.
+
 Seeds are paired across conditions: seed ``s`` draws the same purification parameters, fine-tune batches and
 noise, and sampling noise for every defence, so conditions differ only by their images.
 
@@ -503,10 +506,16 @@ def run(
             for ``paper-style``.
         device: overrides the config's ``device`` ("auto", "cpu", "cuda", ...).
         progress: show rich progress bars (on stderr).
-        log: called with one line per finished or failed cell; default prints through rich.
+        log: called with one line per finished or failed cell (prefixed ``rank R/N:`` in a group); default prints
+            through rich.
+
+    Under ``torchrun`` / ``accelerate launch`` every rank calls this with the same arguments; each computes its
+    share of the cells, exactly as a single process would, and rank 0 writes the merged outputs (see
+    ``cloak.distributed``).
 
     Returns:
-        The exit code: 0 when every cell finished, 1 when some failed (see ``failures.log``).
+        The exit code: 0 when every cell finished, 1 when some failed (see ``failures.log``); the same on every
+        rank.
 
     Raises:
         ConfigError: a bad config (the message names the file and key) or an unreadable ``results.json``.
