@@ -47,19 +47,27 @@ def _usage_error(message: str) -> typer.Exit:
 
 @app.command()
 def methods() -> None:
-    """List the protection methods, one line each."""
+    """List the protection methods, the presets and the published baselines, one line each."""
     from cloak.methods import METHODS
+    from cloak.presets import BASELINES, PRESETS
 
-    width = max(map(len, METHODS))
+    width = max(map(len, [*METHODS, *PRESETS, *BASELINES]))
+    typer.echo("methods (--method):")
     for name, cls in METHODS.items():
-        typer.echo(f"{name:<{width}}  {cls.summary}  [needs: {', '.join(sorted(cls.needs))}]")
+        typer.echo(f"  {name:<{width}}  {cls.summary}  [needs: {', '.join(sorted(cls.needs))}]")
+    typer.echo("presets (--preset):")
+    for name, p in PRESETS.items():
+        typer.echo(f"  {name:<{width}}  {p.method}, eps {p.eps:g}/255: {p.description}")
+    typer.echo("published baselines (--preset, for comparison):")
+    for name, p in BASELINES.items():
+        typer.echo(f"  {name:<{width}}  {p.method}, eps {p.eps:g}/255, {p.steps} steps [{p.reference}]")
 
 
 @app.command()
 def protect(
     inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the cloaked images and their .cloak.json sidecars."),
-    preset: str = typer.Option("default", help="fast | default | strong (see `cloak methods` for methods)."),
+    preset: str = typer.Option("default", help="fast | default | strong, or a baseline (see `cloak methods`)."),
     method: str | None = typer.Option(None, help="Protection method (overrides the preset)."),
     eps: float | None = typer.Option(None, help="L-inf budget in 0-255 units, e.g. 8 for 8/255 (overrides preset)."),
     steps: int | None = typer.Option(None, help="Optimiser steps (overrides the preset)."),
@@ -81,11 +89,14 @@ def protect(
     from cloak.errors import ConfigError, ModelNotFoundError
     from cloak.methods import METHODS
     from cloak.models import load_components
-    from cloak.presets import PRESETS
+    from cloak.presets import BASELINES, PRESETS
     from cloak.protect import CloakConfig, Cloaker
 
-    if preset not in PRESETS:
-        raise _usage_error(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    if preset not in PRESETS and preset not in BASELINES:
+        raise _usage_error(
+            f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} "
+            f"(or a published baseline: {', '.join(BASELINES)})."
+        )
     if fmt not in FORMATS:
         raise _usage_error(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     try:

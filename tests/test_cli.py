@@ -145,6 +145,10 @@ def test_methods_and_version():
     assert listed.exit_code == 0
     for name in METHODS:
         assert name in listed.output
+    for name in ("default", "photoguard", "glaze-like"):
+        assert f"  {name} " in listed.output
+    bad = runner.invoke(app, ["protect", "x.png", "--out", "o", "--preset", "glaze"])
+    assert bad.exit_code == 2 and "published baseline: photoguard" in bad.output
     assert runner.invoke(app, ["--version"]).output.strip() == f"cloak {__version__}"
 
 
