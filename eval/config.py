@@ -114,6 +114,8 @@ class DefenceSpec:
         lpips_bound: optional LPIPS hinge bound of the cloak (needs LPIPS weights).
         preset: the ``cloak.presets`` name the settings came from (an artist preset or a published baseline),
             or None.
+        surrogate: the model the cloak is computed against, when it is not the grid's ``model`` (a transfer
+            experiment: e.g. a second testbed UNet on the same VAE, from ``cloak testbed build --vae-from``).
     """
 
     name: str
@@ -126,6 +128,7 @@ class DefenceSpec:
     precomputed: str | None = None
     lpips_bound: float | None = None
     preset: str | None = None
+    surrogate: str | None = None
 
     def cloak_config(self):
         """The ``cloak.protect.CloakConfig`` of a cloak computed here."""
@@ -424,7 +427,7 @@ def _defence(t: dict[str, Any], where: str) -> DefenceSpec:
     if "precomputed" in values:
         if "name" not in values:
             raise ConfigError(f"{where}: a `precomputed` defence needs a `name` (e.g. 'glaze').")
-        extra = sorted(set(values) - {"name", "precomputed"})
+        extra = sorted(set(values) - {"name", "precomputed"})  # a surrogate makes no sense without a cloak here
         if extra:
             raise ConfigError(f"{where}: a `precomputed` defence takes only `name`, got also {', '.join(extra)}.")
         return DefenceSpec(name=_safe_name(values["name"], where), precomputed=values["precomputed"])

@@ -286,7 +286,13 @@ class _Grid:
         from cloak.protect import Cloaker
 
         if spec.name not in self._cloakers:
-            self._cloakers[spec.name] = Cloaker(self.components, spec.cloak_config(), lpips_model=self.lpips)
+            components = self.components
+            if spec.surrogate is not None:  # transfer: cloak against another model, mimic with the grid's
+                from cloak.models import load_components
+
+                device, dtype = str(self.components.device), self.components.dtype
+                components = load_components(spec.surrogate, device=device, dtype=dtype)
+            self._cloakers[spec.name] = Cloaker(components, spec.cloak_config(), lpips_model=self.lpips)
         return self._cloakers[spec.name].protect(rgb, seed=seed).image
 
     def attacked(self, artist: str, defence: str, attack: str, seed: int) -> list[np.ndarray]:

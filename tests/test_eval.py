@@ -505,3 +505,27 @@ def test_missing_artist_folder_fails_before_loading_anything(tmp_path):
 
     with pytest.raises(ConfigError, match=r"artist 'artist': the folder .* does not exist; .* --artist FOLDER"):
         run("paper-style", tmp_path / "out", progress=False)
+
+
+def test_surrogate_defence_cloaks_against_the_other_model(micro_grid, tmp_path):
+    """Transfer: a defence with `surrogate` is computed on that model, the same cloak without it on the grid's."""
+    from tiny_models import make_tiny_components, save_tiny_pipeline
+
+    from cloak.protect import Cloaker
+    from eval.runner import _Grid
+
+    other = make_tiny_components(seed=1)
+    save_tiny_pipeline(other, tmp_path / "other")
+    text = micro_grid.read_text().replace(
+        "[[mimics]]",
+        f'[[defences]]\nname = "transfer"\nmethod = "encoder"\neps = 8\nsteps = 2\nsurrogate = "{tmp_path}/other"\n\n'
+        "[[mimics]]",
+        1,
+    )
+    grid = _Grid(load_config(_write(tmp_path, text)), tmp_path / "out", "cpu")
+    direct, transfer = grid.protected("alice", "encoder-8", 0), grid.protected("alice", "transfer", 0)
+    assert any(not np.array_equal(a, b) for a, b in zip(direct, transfer, strict=True))
+    expected = Cloaker(other, grid.defences["transfer"].cloak_config()).protect(
+        grid.artist_images("alice").train[0], seed=0
+    )
+    assert np.array_equal(transfer[0], expected.image)
