@@ -18,12 +18,12 @@ from cloak.units import from_vae, vae_latents
 from cloak.views import plan_views, render_view
 
 
-def smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
-    """A smooth random image (bilinear upsampling of an 8x8 grid of colours) plus a little pixel noise."""
+def smooth_image(h: int, w: int, seed: int = 0, noise: float = 0.02) -> torch.Tensor:
+    """A smooth random image (bilinear upsampling of an 8x8 grid of colours) plus pixel noise of sigma ``noise``."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, 8, 8, generator=g)
     x = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-    return (x + 0.02 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    return (x + noise * torch.randn(x.shape, generator=g)).clamp(0, 1)
 
 
 class Recorder:
@@ -77,10 +77,10 @@ def test_gridpure_with_an_identity_diffusion_pass_keeps_a_smooth_image(tiny_comp
     from attacks import diffusion
 
     monkeypatch.setattr(diffusion, "diffpure", lambda chunk, *args, **kwargs: chunk)
-    x = smooth_image(128, 128)
+    x = smooth_image(128, 128, noise=0)
     tile, stride = grid_geometry(128, 128)
     y = gridpure(x, tiny_components, 0.05, 1, 3, 0.1, tile, stride, torch.Generator())
-    assert (y - x).abs().mean() < 0.02
+    assert (y - x).abs().mean() < 0.005  # measured 0.0025; shifting this image by 1 px alone costs 0.016
 
 
 def test_gridpure_stride_checked_against_the_image_tile(tiny_components):
