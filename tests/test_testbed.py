@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,29 @@ def test_shipped_weights_load_and_fit_the_size_budget():
     # the judge names clean evaluation images of a held-out style
     x = torch.from_numpy(paint_batch(HELD_OUT[0], range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + 8))[0])
     assert (judge.predict(x) == STYLES.index(HELD_OUT[0])).float().mean() >= 0.75
+
+
+def test_second_unet_on_the_same_vae(micro_build, tmp_path):
+    """--vae-from: same VAE weights and judge, a different UNet (the transfer experiment's second model)."""
+    from safetensors.torch import load_file
+
+    from cloak.testbed.build import MICRO, build
+
+    src, _ = micro_build
+    out = tmp_path / "second"
+    record = build(out, replace(MICRO, seed=1), vae_from=src)
+    assert record["vae_from"] == str(src) and "vae" not in record["seconds"]
+    vae_a, vae_b = (load_file(d / "vae" / "diffusion_pytorch_model.safetensors") for d in (src, out))
+    assert vae_a.keys() == vae_b.keys() and all(torch.equal(vae_a[k], vae_b[k]) for k in vae_a)
+    unet_a, unet_b = (load_file(d / "unet" / "diffusion_pytorch_model.safetensors") for d in (src, out))
+    assert not all(torch.equal(unet_a[k], unet_b[k]) for k in unet_a)
+    assert (out / "judge").is_dir() and sorted(p.name for p in (out / "judge").iterdir()) == sorted(
+        p.name for p in (src / "judge").iterdir()
+    )
+
+
+def test_second_unet_refuses_a_folder_without_a_vae(tmp_path):
+    from cloak.testbed.build import MICRO, build
+
+    with pytest.raises(ConfigError, match=r"--vae-from .*: no `vae/` folder"):
+        build(tmp_path / "out", MICRO, vae_from=tmp_path)

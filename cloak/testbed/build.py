@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -63,7 +64,7 @@ class BuildConfig:
     text_hidden: int = 32
     text_layers: int = 2
     images_per_style: int = 400
-    vae_steps: int = 1500
+    vae_steps: int = 8000
     vae_batch: int = 16
     vae_crop: int = 32
     vae_lr: float = 2e-3
@@ -72,7 +73,7 @@ class BuildConfig:
     judge_batch: int = 32
     judge_lr: float = 2e-3
     judge_widths: tuple[int, ...] = (16, 32, 64)
-    unet_steps: int = 1200
+    unet_steps: int = 2000
     unet_batch: int = 24
     unet_lr: float = 1e-3
     save_every: int = 200
@@ -340,13 +341,21 @@ def train_unet(
     text_encoder.eval()
 
 
-def build(out: str | Path, cfg: BuildConfig = BuildConfig(), progress: Progress | None = None) -> dict:
+def build(
+    out: str | Path,
+    cfg: BuildConfig = BuildConfig(),
+    progress: Progress | None = None,
+    vae_from: str | Path | None = None,
+) -> dict:
     """Build the whole testbed into ``out`` (a diffusers SD folder + ``judge/`` + ``build.json``).
 
     Args:
         out: destination folder (created; existing files of the same names are overwritten).
         cfg: sizes and training lengths; ``MICRO`` for a test-sized build.
         progress: called as ``progress(stage, done, total)``.
+        vae_from: a finished build whose VAE and judge are reused: only the text encoder and UNet are trained
+            (from ``cfg.seed``). Two UNets on one VAE, as SD-1.5 and SD-2.1 share SD's autoencoder, for
+            measuring how a cloak made against one transfers to the other.
 
     Returns:
         The build record also written to ``build.json``: config, seconds per stage, VAE scaling factor.
@@ -371,20 +380,23 @@ def build(out: str | Path, cfg: BuildConfig = BuildConfig(), progress: Progress 
     seen_images, seen_captions, _ = make_dataset(cfg.seen, cfg.images_per_style, cfg.resolution)
     times["data"] = time.perf_counter() - t0
 
-    vae = make_vae(cfg)
-    train_vae(vae, seen_images, cfg, gen, progress)
-    times["vae"] = time.perf_counter() - t0 - sum(times.values())
+    if vae_from is None:
+        vae = make_vae(cfg)
+        train_vae(vae, seen_images, cfg, gen, progress)
+        times["vae"] = time.perf_counter() - t0 - sum(times.values())
 
-    # The judge sees every style, held-out ones included, clean and through the VAE.
-    n_judge = max(cfg.images_per_style // 3, 8)
-    all_images, _, all_labels = make_dataset(STYLES, n_judge, cfg.resolution, seed_offset=cfg.images_per_style)
-    judge = train_judge(all_images, all_labels, reconstruct(vae, all_images), cfg, gen, progress)
-    judge.save(out / "judge")
-    times["judge"] = time.perf_counter() - t0 - sum(times.values())
-
-    means, stds = encode(vae, seen_images)
-    scaling = float(1.0 / means.std())  # SD's convention: scaled latents have unit variance
-    vae.register_to_config(scaling_factor=scaling)
+        # The judge sees every style, held-out ones included, clean and through the VAE.
+        n_judge = max(cfg.images_per_style // 3, 8)
+        all_images, _, all_labels = make_dataset(STYLES, n_judge, cfg.resolution, seed_offset=cfg.images_per_style)
+        judge = train_judge(all_images, all_labels, reconstruct(vae, all_images), cfg, gen, progress)
+        judge.save(out / "judge")
+        times["judge"] = time.perf_counter() - t0 - sum(times.values())
+        means, stds = encode(vae, seen_images)
+        scaling = float(1.0 / means.std())  # SD's convention: scaled latents have unit variance
+        vae.register_to_config(scaling_factor=scaling)
+    else:
+        vae, scaling = _reuse_vae_and_judge(Path(vae_from), out, cfg)
+        means, stds = encode(vae, seen_images)
     vae.save_pretrained(out / "vae", safe_serialization=True)  # early, so the VAE can be checked mid-build
     tokenizer = build_clip_tokenizer()
     text_encoder = make_text_encoder(cfg)
@@ -417,11 +429,30 @@ def build(out: str | Path, cfg: BuildConfig = BuildConfig(), progress: Progress 
         "scaling_factor": scaling,
         "seen": list(cfg.seen),
         "held_out": list(HELD_OUT),
+        "vae_from": None if vae_from is None else str(vae_from),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
     (out / "build.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _reuse_vae_and_judge(src: Path, out: Path, cfg: BuildConfig):
+    """Load ``src``'s VAE (checked against ``cfg``) and copy its judge into ``out``; returns (vae, scaling)."""
+    from diffusers import AutoencoderKL
+
+    for part in ("vae", "judge"):
+        if not (src / part).is_dir():
+            raise ConfigError(f"--vae-from {src}: no `{part}/` folder there; expected a folder written by a build.")
+    vae = AutoencoderKL.from_pretrained(src / "vae")
+    if tuple(vae.config.block_out_channels) != tuple(cfg.vae_channels):
+        raise ConfigError(
+            f"--vae-from {src}: its VAE has channels {tuple(vae.config.block_out_channels)}, this build's config "
+            f"{tuple(cfg.vae_channels)}; use the same config (--micro or not) as the build it came from."
+        )
+    if (out / "judge").resolve() != (src / "judge").resolve():
+        shutil.copytree(src / "judge", out / "judge", dirs_exist_ok=True)
+    return vae.eval(), float(vae.config.scaling_factor)
 
 
 def config_for(micro: bool, seed: int) -> BuildConfig:

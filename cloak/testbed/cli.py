@@ -21,6 +21,9 @@ def build(
     seed: int = typer.Option(0, help="Master seed; the same seed rebuilds the same weights."),
     micro: bool = typer.Option(False, "--micro", help="A tiny build (under a minute) that exercises every step."),
     threads: int = typer.Option(0, help="torch CPU threads; 0 keeps torch's default."),
+    vae_from: str | None = typer.Option(
+        None, help="Reuse this build's VAE and judge (`testbed` or a folder): train only a second UNet (transfer)."
+    ),
 ) -> None:
     """Rebuild the testbed from scratch: procedural artists -> VAE -> judge -> text encoder + UNet."""
     import torch
@@ -53,7 +56,11 @@ def build(
                 # a log file gets plain lines instead of a live bar
                 console.print(f"{stage} {done}/{total} at {time.perf_counter() - start:.0f} s", highlight=False)
 
-        record = run_build(out, cfg, progress)
+        if vae_from == "testbed":
+            from cloak.models import TESTBED_DIR
+
+            vae_from = str(TESTBED_DIR)
+        record = run_build(out, cfg, progress, vae_from=vae_from)
     elapsed = time.perf_counter() - start
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in record["seconds"].items() if k != "total")
     console.print(f"built {out} in {elapsed / 60:.1f} min ({stages}); {torch.get_num_threads()} threads")
