@@ -341,6 +341,7 @@ def test_defence_from_a_preset_or_baseline(tmp_path):
     assert (mist.name, mist.method, mist.eps, mist.steps) == ("mist-8", "mist", 8, 100)
     assert (ours.name, ours.method, ours.eps, ours.steps) == ("ours", "encoder", 8.0, 16)
     assert load_config("agreement").defences == ()
+    assert {d.preset for d in load_config("baselines").defences} >= {"default", "photoguard", "mist", "aspl", "sds"}
 
 
 def test_defence_unknown_preset_is_named(tmp_path):
