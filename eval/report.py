@@ -252,7 +252,23 @@ def markdown_summary(summary: dict[str, list[dict[str, Any]]]) -> str:
     )
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(d.get(c)) for c in cols) + " |" for d in summary["defences"]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + markdown_scores(summary)
+
+
+def markdown_scores(summary: dict[str, list[dict[str, Any]]]) -> str:
+    """Mimicry success (mean over seeds) per defence (rows) and attack (columns), one table per artist and mimic."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in summary["conditions"]:
+        groups.setdefault((c["artist"], c["mimic"]), []).append(c)
+    out = []
+    for (artist, mimic), conds in groups.items():
+        attacks = list(dict.fromkeys(c["attack"] for c in conds))
+        defences = list(dict.fromkeys(c["defence"] for c in conds))
+        score = {(c["defence"], c["attack"]): c["score"] for c in conds}
+        out.append(f"\n{artist}, {mimic}: mimicry success (mean over seeds)\n")
+        out += ["| defence | " + " | ".join(attacks) + " |", "|" + "---|" * (len(attacks) + 1)]
+        out += [f"| {d} | " + " | ".join(_fmt(score.get((d, a)), 2) for a in attacks) + " |" for d in defences]
+    return "\n".join(out) + "\n" if out else ""
 
 
 def _training_grid(out_dir: Path, config: EvalConfig) -> str:

@@ -255,6 +255,11 @@ def test_summary_effect_retained_worst_case_and_spread():
     assert d["clean_spread"] == pytest.approx(0.2) and d["above_noise"] is True
     jpeg = next(c for c in s["conditions"] if c["attack"] == "jpeg")
     assert jpeg["retained"] == pytest.approx(0.5)
+    from eval.report import markdown_scores
+
+    table = markdown_scores(s).splitlines()
+    assert "| defence | none | jpeg |" in table
+    assert "| clean | 0.8 |  |" in table and "| enc | 0.2 | 0.5 |" in table
 
 
 # ------------------------------------------------------------------------------------------------- config
