@@ -347,6 +347,7 @@ def test_defence_from_a_preset_or_baseline(tmp_path):
     assert (ours.name, ours.method, ours.eps, ours.steps) == ("ours", "encoder", 8.0, 16)
     assert load_config("agreement").defences == ()
     assert {d.preset for d in load_config("baselines").defences} >= {"default", "photoguard", "mist", "aspl", "sds"}
+    assert {d.name: d.surrogate for d in load_config("transfer").defences}["mist-via-unet2"] == "runs/unet2"
 
 
 def test_defence_unknown_preset_is_named(tmp_path):
