@@ -1,0 +1,75 @@
+"""Benchmark: how close does the encoder cloak get, in few steps, to a long PGD run?
+
+Issue 7's speed target compares the default preset with a 200-step PGD encoder baseline. This prints, for held-out
+testbed paintings and an ``encoder`` cloak at one budget, the objective each step count reaches (latent MSE to the
+target pattern's latent; lower is a stronger cloak) and the latent shift ``||E(x_adv) - E(x)||`` it makes, both
+as a share of what the longest run reaches, measured on the saved 8-bit images. A step is one VAE forward +
+backward (one model evaluation per view).
+
+    python benchmarks/bench_steps.py                      # 8 paintings, eps 8, steps 4 8 16 20 50 200
+    python benchmarks/bench_steps.py --steps 16 200 --n-images 4 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", nargs="+", type=int, default=[4, 8, 16, 20, 50, 200], help="step counts")
+    parser.add_argument("--eps", type=float, default=8.0, help="L-inf budget, 0-255 units")
+    parser.add_argument("--n-images", type=int, default=8, help="held-out testbed paintings")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    from cloak.models import load_components
+    from cloak.protect import CloakConfig, Cloaker
+    from cloak.targets import target_image
+    from cloak.testbed.artists import EVAL_SEED_OFFSET, HELD_OUT, paint
+    from cloak.units import vae_latents
+
+    comp = load_components("testbed", parts=("vae",), device="cpu")
+    images = [
+        (paint(HELD_OUT[i % len(HELD_OUT)], EVAL_SEED_OFFSET + i).image * 255).round().astype("uint8")
+        for i in range(args.n_images)
+    ]
+
+    def latents(rgb_list):
+        x = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in rgb_list])
+        with torch.no_grad():
+            return vae_latents(comp.vae, x).float()
+
+    clean = latents(images)
+    with torch.no_grad():  # the encoder method's own target: the pattern's latent at the image's size
+        target = vae_latents(comp.vae, target_image("stripes", 64, 64)).float()
+    rows = []
+    for steps in sorted(args.steps):
+        cloaker = Cloaker(comp, CloakConfig(method="encoder", eps=args.eps, steps=steps))
+        start = time.perf_counter()
+        cloaked = [cloaker.protect(a, seed=0).image for a in images]
+        seconds = (time.perf_counter() - start) / len(images)
+        z = latents(cloaked)
+        mse = F.mse_loss(z, target.expand_as(z), reduction="none").mean(dim=(1, 2, 3))
+        shift = (z - clean).flatten(1).norm(dim=1)
+        rows.append((steps, mse.mean().item(), shift.mean().item(), seconds))
+    clean_mse = F.mse_loss(clean, target.expand_as(clean)).item()
+    best_steps, best_mse, best_shift, _ = rows[-1]
+    print(f"testbed, {args.n_images} held-out paintings 64 px, encoder eps {args.eps:g}/255, {args.threads} thread(s)")
+    print(f"latent MSE to target of the clean images: {clean_mse:.4f}")
+    print(
+        "| steps | latent MSE to target | share of longest run's drop | latent shift | share of its shift | s/image |"
+    )
+    print("|---|---|---|---|---|---|")
+    for steps, mse, shift, sec in rows:
+        drop = (clean_mse - mse) / (clean_mse - best_mse)
+        print(f"| {steps} | {mse:.4f} | {drop:.2f} | {shift:.2f} | {shift / best_shift:.2f} | {sec:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
