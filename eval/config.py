@@ -73,7 +73,7 @@ else:  # Python 3.10: the same parser, from PyPI (pyproject: tomli; python_versi
     import tomli as tomllib
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-"""The built-in configs: ``quick``, ``agreement``, ``baselines``, ``budget8``, ``transfer``, ``paper-style``, ``paper-face``."""
+"""The built-in configs: quick, agreement, baselines, budget8, transfer, paper-style, paper-face."""
 MIMIC_KINDS = ("dreambooth", "lora", "img2img")
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -409,19 +409,7 @@ def _artist(t: dict[str, Any], where: str, base: Path) -> ArtistSpec:
 def _defence(t: dict[str, Any], where: str) -> DefenceSpec:
     values = _pick(t, DefenceSpec, where)
     if "preset" in values:
-        if "precomputed" in values:
-            raise ConfigError(f"{where}: give either `preset` or `precomputed`, not both.")
-        try:
-            p = get_preset(values["preset"])
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {err}") from None
-        method_changed = values.get("method", p.method) != p.method
-        base = {"method": p.method, "eps": p.eps, "steps": p.steps, "lpips_bound": p.lpips_bound}
-        base["options"] = {} if method_changed else dict(p.options)
-        overridden = {"method", "eps", "steps"} & set(values)
-        if "name" not in values:
-            values["name"] = f"{values['preset']}-{values.get('eps', p.eps):g}" if overridden else values["preset"]
-        values = {**base, **values, "options": {**base["options"], **values.get("options", {})}}
+        values = _expand_preset(values, where)
     if ("method" in values) == ("precomputed" in values):
         raise ConfigError(f"{where}: give exactly one of `method` (a cloak made here) or `precomputed` (a folder).")
     if "precomputed" in values:
@@ -441,6 +429,23 @@ def _defence(t: dict[str, Any], where: str) -> DefenceSpec:
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     return spec
+
+
+def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Fill a defence's unset keys from its ``preset`` (the table's own keys win; another method drops the
+    preset's options). Named after the preset, or ``<preset>-<eps>`` when method, eps or steps are overridden."""
+    if "precomputed" in values:
+        raise ConfigError(f"{where}: give either `preset` or `precomputed`, not both.")
+    try:
+        p = get_preset(values["preset"])
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    options = dict(p.options) if values.get("method", p.method) == p.method else {}
+    base = {"method": p.method, "eps": p.eps, "steps": p.steps, "lpips_bound": p.lpips_bound}
+    if "name" not in values:
+        overridden = {"method", "eps", "steps"} & set(values)
+        values["name"] = f"{values['preset']}-{values.get('eps', p.eps):g}" if overridden else values["preset"]
+    return {**base, **values, "options": {**options, **values.get("options", {})}}
 
 
 def _mimic(t: dict[str, Any], where: str) -> list[MimicSpec]:
