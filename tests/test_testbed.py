@@ -198,3 +198,18 @@ def test_second_unet_refuses_a_folder_without_a_vae(tmp_path):
 
     with pytest.raises(ConfigError, match=r"--vae-from .*: no `vae/` folder"):
         build(tmp_path / "out", MICRO, vae_from=tmp_path)
+
+
+def test_shipped_weights_were_built_with_the_default_config():
+    """`cloak testbed build` at its defaults rebuilds what is shipped: the record matches BuildConfig()."""
+    from dataclasses import asdict
+
+    from cloak.models import TESTBED_DIR
+    from cloak.testbed.artists import OPTICAL_BLUR_PX
+    from cloak.testbed.build import BuildConfig
+
+    record = json.loads((TESTBED_DIR / "build.json").read_text())
+    expected = json.loads(json.dumps(asdict(BuildConfig())))  # tuples -> lists, as the record stores them
+    assert record["config"] == expected
+    assert record.get("vae_from") is None and record["held_out"] == list(HELD_OUT)
+    assert OPTICAL_BLUR_PX == 1.0  # the shipped weights were trained on paintings through this blur
