@@ -389,13 +389,13 @@ HELD_OUT: tuple[str, ...] = ("stained glass", "impasto", "woodcut", "marbling")
 SEEN: tuple[str, ...] = tuple(s for s in STYLES if s not in HELD_OUT)
 """Styles the base model is pretrained on."""
 EVAL_SEED_OFFSET = 1_000_000
+"""Seeds at or above this are reserved for evaluation; builds draw training seeds below it."""
 
 OPTICAL_BLUR_PX = 1.0
 """Gaussian sigma (px) of the optical blur every painting is rendered through, as a photograph or scan of a
 painting is: the painters draw hard-edged, aliased marks. It also sets how much pixel-level detail the testbed's
 4x VAE (16x16x4 latents) must keep: without it, 1-px edges at full contrast kept the worst style's reconstruction
 near 11 dB (about what 4x4 average pooling gives), far from SD's VAE on real art."""
-"""Seeds at or above this are reserved for evaluation; builds draw training seeds below it."""
 
 
 def style_index(style: str) -> int:
