@@ -106,8 +106,9 @@ def load_precomputed(spec: DefenceSpec, artist: str, names: tuple[str, ...], res
 
 def to_batch(images: list[np.ndarray] | tuple[np.ndarray, ...]) -> Tensor:
     """``(H, W, 3)`` uint8 arrays -> float32 ``(N, 3, H, W)`` in [0, 1] on the CPU."""
-    # contiguous: a permuted view gives kernels a different memory layout, and so results differing in the last
-    # bits between a fresh batch and one read back from the cache
+    # Contiguous: the permuted view is channels-last, and the two memory layouts take different convolution
+    # kernels, so a batch read back from the cache (by a resumed run, or by a rank reading what rank 0 wrote) would
+    # fine-tune differently in the last bits from a freshly made one.
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255).contiguous()
 
 

@@ -336,10 +336,7 @@ class _Grid:
             )
             cached = data.from_batch(x)
             data.save_set(folder, names, cached, inputs)
-        # Contiguous: images read back from the cache come as a channels-last view and fresh ones do not, and the
-        # two memory layouts take different convolution kernels (results differ in the last bits). A rank that
-        # reads the cache rank 0 wrote must fine-tune exactly as the single process that generated them.
-        return data.to_batch(cached).contiguous()
+        return data.to_batch(cached)
 
     def prepare_shared(self, cells: Sequence[Cell]) -> None:
         """Write the caches that cells of different ranks share (artists' clean images, prior-preservation class
