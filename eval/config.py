@@ -64,7 +64,6 @@ from pathlib import Path
 from typing import Any
 
 from cloak.errors import ConfigError
-from cloak.presets import get_preset
 from eval.mimics import FinetuneConfig
 
 if sys.version_info >= (3, 11):
@@ -432,20 +431,22 @@ def _defence(t: dict[str, Any], where: str) -> DefenceSpec:
 
 
 def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Fill a defence's unset keys from its ``preset`` (the table's own keys win; another method drops the
-    preset's options). Named after the preset, or ``<preset>-<eps>`` when method, eps or steps are overridden."""
+    """Fill a defence's unset keys from its ``preset`` by ``CloakConfig.from_preset`` (the table's own keys win;
+    another method drops the preset's options). Named after the preset, or ``<preset>-<eps>`` when method, eps or
+    steps are overridden."""
+    from cloak.protect import CloakConfig
+
     if "precomputed" in values:
         raise ConfigError(f"{where}: give either `preset` or `precomputed`, not both.")
+    keys = ("method", "eps", "steps", "step_size", "eot", "lpips_bound", "options")
     try:
-        p = get_preset(values["preset"])
+        cfg = CloakConfig.from_preset(values["preset"], **{k: values[k] for k in keys if k in values})
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
-    options = dict(p.options) if values.get("method", p.method) == p.method else {}
-    base = {"method": p.method, "eps": p.eps, "steps": p.steps, "lpips_bound": p.lpips_bound}
     if "name" not in values:
         overridden = {"method", "eps", "steps"} & set(values)
-        values["name"] = f"{values['preset']}-{values.get('eps', p.eps):g}" if overridden else values["preset"]
-    return {**base, **values, "options": {**options, **values.get("options", {})}}
+        values["name"] = f"{values['preset']}-{cfg.eps:g}" if overridden else values["preset"]
+    return {**values, **{k: getattr(cfg, k) for k in ("method", "eps", "steps", "lpips_bound", "options")}}
 
 
 def _mimic(t: dict[str, Any], where: str) -> list[MimicSpec]:
