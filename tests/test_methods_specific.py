@@ -61,6 +61,24 @@ def test_advdm_loss_is_the_negative_denoising_mse(tiny_components):
     torch.testing.assert_close(got, -want, rtol=1e-5, atol=1e-6)
 
 
+def test_advdm_minimise_descends_the_same_loss_with_the_full_gradient(tiny_components):
+    """Error-minimising: +MSE, and (unlike sds) its gradient goes through the UNet: the two gradients differ."""
+    x = _x()
+    up, down = AdvDM(tiny_components), AdvDM(tiny_components, minimise=True)
+    grads = []
+    for obj in (up, down, SDS(tiny_components)):
+        xa = x.clone().requires_grad_(True)
+        value = obj.loss(xa, None, _gen(5))
+        value.backward()
+        grads.append((float(value), xa.grad))
+    (v_up, g_up), (v_down, g_down), (v_sds, g_sds) = grads
+    assert v_down == pytest.approx(-v_up) and v_down == pytest.approx(v_sds) and v_down > 0.1
+    torch.testing.assert_close(g_down, -g_up)
+    assert not torch.allclose(g_down, g_sds, rtol=1e-2, atol=0)  # the UNet Jacobian is kept
+    with pytest.raises(ConfigError, match=r"`minimise` \(advdm option\) must be true or false, got 1"):
+        AdvDM(tiny_components, minimise=1)
+
+
 def test_advdm_prompt_and_samples(tiny_components):
     x = _x()
     a, b = AdvDM(tiny_components), AdvDM(tiny_components, prompt="a photo of a cat")

@@ -8,6 +8,9 @@ Targets the UNet (through the VAE encoder). Objective (maximised): the Monte Car
 paper's code and every fine-tune do), ``t ~ U{0, ..., T-1}`` and ``eps ~ N(0, I)`` drawn from the caller's
 generator, and ``c`` the text embedding of ``prompt``. An image whose latent the model cannot denoise gives a fine-tune
 a training signal far from the artwork's style. :meth:`AdvDM.loss` returns the *negative* (the loop minimises).
+``minimise=True`` descends the same loss instead, with its full gradient (through the UNet): error-minimising noise
+(Huang et al., "Unlearnable Examples", ICLR'21, https://arxiv.org/abs/2101.04898) for a diffusion fine-tune, whose
+learning signal is this residual; ``sds`` is its Jacobian-free approximation (SDS(-)).
 Budget: the paper and its code use 16/255 and 100 steps (FIELD_NOTES section 2); this project's default is the shared
 L-inf budget (8/255).
 """
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from cloak.errors import ConfigError
 from cloak.methods.base import Objective
 from cloak.methods.diffusion import DIFFUSION_PARTS, denoising_loss, encode_prompt, positive_int, prediction_type
 from cloak.units import vae_latents
@@ -34,16 +38,22 @@ class AdvDM(Objective):
         prompt: the text condition ``c``. Default ``"a painting"`` (Mist's style template).
         samples: (t, eps) draws averaged per loss evaluation, run as one UNet batch. Default 1 (the paper's code);
             more lowers the gradient's variance at proportional cost.
+        minimise: descend the denoising loss instead of ascending it (error-minimising). Default False (AdvDM).
     """
 
     name: ClassVar[str] = "advdm"
     summary: ClassVar[str] = "AdvDM: maximise the UNet's denoising loss at random timesteps"
     needs: ClassVar[frozenset[str]] = DIFFUSION_PARTS
 
-    def __init__(self, components: Components, prompt: str = "a painting", samples: int = 1) -> None:
+    def __init__(
+        self, components: Components, prompt: str = "a painting", samples: int = 1, minimise: bool = False
+    ) -> None:
         super().__init__(components)
         prediction_type(components.scheduler)
         self.samples = positive_int(samples, "samples", self.name)
+        if not isinstance(minimise, bool):
+            raise ConfigError(f"`minimise` ({self.name} option) must be true or false, got {minimise!r}.")
+        self.minimise = minimise
         self.prompt = prompt
         self.unet = components.unet  # the model attacked (ASPL swaps in its surrogate)
         self.prompt_embeds = encode_prompt(components.text_encoder, components.tokenizer, prompt)  # c: (1, 77, D)
@@ -58,4 +68,5 @@ class AdvDM(Objective):
         return denoising_loss(self.unet, self.components.scheduler, z, self.prompt_embeds, generator, self.samples)
 
     def loss(self, x_adv: torch.Tensor, target: None, generator: torch.Generator) -> torch.Tensor:
-        return -self.diffusion_loss(x_adv, generator)
+        value = self.diffusion_loss(x_adv, generator)
+        return value if self.minimise else -value

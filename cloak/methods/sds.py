@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from cloak.errors import ConfigError
 from cloak.methods.advdm import AdvDM
 from cloak.methods.diffusion import add_noise, predicted_noise, unet_prediction
 from cloak.units import vae_latents
@@ -49,10 +48,7 @@ class SDS(AdvDM):
     def __init__(
         self, components: Components, prompt: str = "a painting", samples: int = 1, minimise: bool = True
     ) -> None:
-        super().__init__(components, prompt=prompt, samples=samples)
-        if not isinstance(minimise, bool):
-            raise ConfigError(f"`minimise` (sds option) must be true or false, got {minimise!r}.")
-        self.minimise = minimise
+        super().__init__(components, prompt=prompt, samples=samples, minimise=minimise)
 
     def loss(self, x_adv: torch.Tensor, target: None, generator: torch.Generator) -> torch.Tensor:
         scheduler = self.components.scheduler
