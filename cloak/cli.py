@@ -247,7 +247,11 @@ def web_app(
 
 @app.command("eval")
 def evaluate(
-    config: str = typer.Argument(..., help="A TOML file or a built-in config: quick | paper-style | paper-face."),
+    config: str = typer.Argument(
+        ...,
+        help="A TOML file or a built-in config (eval/configs): quick, agreement, baselines, budget8, transfer, "
+        "paper-style, paper-face.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv/json, report.html and run.json."),
     resume: bool = typer.Option(True, help="Skip cells already finished in --out (--no-resume starts afresh)."),
     artist: list[Path] = typer.Option([], help="A folder of images to use as the artist (repeatable)."),

@@ -290,6 +290,16 @@ def test_builtin_configs_parse():
     assert db.prior_preservation and db.train_text_encoder and db.lr == 5e-7 and db.steps == 1000
 
 
+def test_cli_help_names_every_builtin_config():
+    from typer.testing import CliRunner
+
+    from cloak.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "200"}).output.split())
+    for name in builtin_configs():
+        assert name in text, name
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
