@@ -1,10 +1,14 @@
-"""Benchmark: seconds per image and peak memory of each preset, on the full-size SD-1.5 VAE architecture.
+"""Benchmark: seconds per image and peak memory of each preset, on the full-size SD-1.5 architecture.
 
-Random weights (speed does not depend on the weights), built from SD-1.5's VAE config, so it runs offline. Each
-(preset, size) runs in its own process so that its peak RSS is its own.
+Random weights (speed does not depend on the weights), built from SD-1.5's configs (the VAE; and the UNet and
+CLIP ViT-L/14 text encoder for methods that use them), so it runs offline. Each (preset, size) runs in its own
+process so that its peak RSS is its own. Any preset or published baseline (``cloak methods``) can be timed;
+``--steps N`` runs N steps instead of the preset's and the table also gives seconds per step, so a long baseline's
+time can be extrapolated (marked as such) without running it whole.
 
-    python benchmarks/bench_protect.py                      # all presets at 512 and 2048, a markdown table
+    python benchmarks/bench_protect.py                      # the artist presets at 512 and 2048, a markdown table
     python benchmarks/bench_protect.py --presets fast --sizes 512
+    python benchmarks/bench_protect.py --presets mist sds --sizes 512 --steps 4
 """
 
 from __future__ import annotations
@@ -25,25 +29,59 @@ SD15_VAE = dict(
 )
 
 
-def run_one(preset: str, size: int, seed: int) -> dict:
-    import numpy as np
-    import torch
-    from diffusers import AutoencoderKL
+# SD-1.5's unet/config.json and text_encoder/config.json (architecture only), and its scheduler's noise schedule.
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
+    attention_head_dim=8, block_out_channels=[320, 640, 1280, 1280],
+    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+)
+SD15_TEXT = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=77, hidden_act="quick_gelu",
+)
+SD15_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
+
+def sd15_components(seed: int, diffusion: bool):
+    """SD-1.5's architecture with random weights: the VAE, plus UNet, text encoder and scheduler if ``diffusion``."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from cloak.clip_tokenizer import build_clip_tokenizer
     from cloak.models import Components
-    from cloak.protect import CloakConfig, Cloaker
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**SD15_VAE).eval().requires_grad_(False)
-    components = Components(name="sd15-vae-random", vae=vae, unet=None, text_encoder=None, tokenizer=None,
-                            scheduler=None, resolution=512, device=torch.device("cpu"), dtype=torch.float32)
-    cloaker = Cloaker(components, CloakConfig.from_preset(preset))
+    parts = dict(unet=None, text_encoder=None, tokenizer=None, scheduler=None)
+    if diffusion:
+        parts = dict(
+            unet=UNet2DConditionModel(**SD15_UNET).eval().requires_grad_(False),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).eval().requires_grad_(False),
+            tokenizer=build_clip_tokenizer(),
+            scheduler=DDPMScheduler(**SD15_SCHEDULER),
+        )
+    return Components(name="sd15-random", vae=vae, resolution=512, device=torch.device("cpu"),
+                      dtype=torch.float32, **parts)
+
+
+def run_one(preset: str, size: int, seed: int, steps: int | None = None) -> dict:
+    import numpy as np
+
+    from cloak.methods import METHODS
+    from cloak.protect import CloakConfig, Cloaker
+
+    config = CloakConfig.from_preset(preset, **({"steps": steps} if steps else {}))
+    components = sd15_components(seed, diffusion="unet" in METHODS[config.method].needs)
+    cloaker = Cloaker(components, config)
     rgb = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     start = time.perf_counter()
     result = cloaker.protect(rgb, seed=seed)
     seconds = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"preset": preset, "size": size, "steps": cloaker.config.steps, "seconds": round(seconds, 1),
+            "per_step": round(seconds / cloaker.config.steps, 2), "method": cloaker.config.method,
             "peak_rss_gib": round(peak_gib, 2), "linf": result.linf, "psnr": round(result.psnr, 2),
             "views": result.views, "bf16_autocast": cloaker.autocast}
 
@@ -53,24 +91,28 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["fast", "default", "strong"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 2048])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="run this many steps instead of the preset's")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.seed)))
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.seed, args.steps)))
         return
     import torch
 
-    print(f"# cloak presets on the SD-1.5 VAE architecture: {platform.processor() or platform.machine()}, "
+    print(f"# cloak presets on the SD-1.5 architecture: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print("| preset | size | steps | views | seconds/image | peak RSS (GiB) | L-inf | PSNR (dB) | bf16 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| preset | method | size | steps | views | seconds/image | seconds/step | peak RSS (GiB) | L-inf | "
+          "PSNR (dB) | bf16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
         for size in args.sizes:
-            out = subprocess.run([sys.executable, __file__, "--one", preset, str(size), "--seed", str(args.seed)],
+            cmd = [sys.executable, __file__, "--one", preset, str(size), "--seed", str(args.seed)]
+            out = subprocess.run(cmd + (["--steps", str(args.steps)] if args.steps else []),
                                  capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"| {r['preset']} | {r['size']}x{r['size']} | {r['steps']} | {r['views']} | {r['seconds']} | "
-                  f"{r['peak_rss_gib']} | {r['linf']} | {r['psnr']} | {r['bf16_autocast']} |", flush=True)
+            print(f"| {r['preset']} | {r['method']} | {r['size']}x{r['size']} | {r['steps']} | {r['views']} | "
+                  f"{r['seconds']} | {r['per_step']} | {r['peak_rss_gib']} | {r['linf']} | {r['psnr']} | "
+                  f"{r['bf16_autocast']} |", flush=True)
 
 
 if __name__ == "__main__":
