@@ -15,7 +15,6 @@ from cloak.testbed.cli import app as testbed_app
 
 # Kept as a literal (not imported from cloak.models) so that `cloak --help` does not import torch.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-PRESET_NAMES = ("fast", "default", "strong")
 
 app = typer.Typer(
     help="Protect artworks from style mimicry by diffusion models (DreamBooth, LoRA, img2img).",
