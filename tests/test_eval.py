@@ -290,6 +290,14 @@ def test_builtin_configs_parse():
     assert db.prior_preservation and db.train_text_encoder and db.lr == 5e-7 and db.steps == 1000
 
 
+@pytest.mark.parametrize("name", builtin_configs())
+def test_every_builtin_config_loads_and_plans_cells(name):
+    from eval.runner import plan
+
+    config = load_config(name)
+    assert config.name == name and len(plan(config)) >= 2
+
+
 def test_cli_help_names_every_builtin_config():
     from typer.testing import CliRunner
 
