@@ -70,7 +70,7 @@ def test_advdm_minimise_descends_the_same_loss_with_the_full_gradient(tiny_compo
         xa = x.clone().requires_grad_(True)
         value = obj.loss(xa, None, _gen(5))
         value.backward()
-        grads.append((float(value), xa.grad))
+        grads.append((float(value.detach()), xa.grad))
     (v_up, g_up), (v_down, g_down), (v_sds, g_sds) = grads
     assert v_down == pytest.approx(-v_up) and v_down == pytest.approx(v_sds) and v_down > 0.1
     torch.testing.assert_close(g_down, -g_up)
