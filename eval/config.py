@@ -73,7 +73,7 @@ else:  # Python 3.10: the same parser, from PyPI (pyproject: tomli; python_versi
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 """The built-in configs: quick, agreement, baselines, budget8, compare8, gate8, suite8, suite8-sds, subtle,
-transfer, paper-style, paper-face."""
+transfer, transfer8, paper-style, paper-face."""
 MIMIC_KINDS = ("dreambooth", "lora", "img2img")
 DTYPES = ("float32", "float16", "bfloat16")
 
