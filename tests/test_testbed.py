@@ -198,6 +198,9 @@ def test_second_unet_refuses_a_folder_without_a_vae(tmp_path):
 
     with pytest.raises(ConfigError, match=r"--vae-from .*: no `vae/` folder"):
         build(tmp_path / "out", MICRO, vae_from=tmp_path)
+    # "testbed" names the shipped build (whose full-size VAE a micro config cannot take)
+    with pytest.raises(ConfigError, match=r"--vae-from .*weights: its VAE has channels"):
+        build(tmp_path / "out", MICRO, vae_from="testbed")
 
 
 def test_shipped_weights_were_built_with_the_default_config():

@@ -353,9 +353,9 @@ def build(
         out: destination folder (created; existing files of the same names are overwritten).
         cfg: sizes and training lengths; ``MICRO`` for a test-sized build.
         progress: called as ``progress(stage, done, total)``.
-        vae_from: a finished build whose VAE and judge are reused: only the text encoder and UNet are trained
-            (from ``cfg.seed``). Two UNets on one VAE, as SD-1.5 and SD-2.1 share SD's autoencoder, for
-            measuring how a cloak made against one transfers to the other.
+        vae_from: a finished build (a folder, or ``"testbed"`` for the shipped one) whose VAE and judge are reused:
+            only the text encoder and UNet are trained (from ``cfg.seed``). Two UNets on one VAE, as SD-1.5 and
+            SD-2.1 share SD's autoencoder, for measuring how a cloak made against one transfers to the other.
 
     Returns:
         The build record also written to ``build.json``: config, seconds per stage, VAE scaling factor.
@@ -395,7 +395,10 @@ def build(
         scaling = float(1.0 / means.std())  # SD's convention: scaled latents have unit variance
         vae.register_to_config(scaling_factor=scaling)
     else:
-        vae, scaling = _reuse_vae_and_judge(Path(vae_from), out, cfg)
+        from cloak.models import TESTBED, TESTBED_DIR
+
+        src = TESTBED_DIR if str(vae_from) == TESTBED else Path(vae_from)
+        vae, scaling = _reuse_vae_and_judge(src, out, cfg)
         means, stds = encode(vae, seen_images)
     vae.save_pretrained(out / "vae", safe_serialization=True)  # early, so the VAE can be checked mid-build
     tokenizer = build_clip_tokenizer()

@@ -56,10 +56,6 @@ def build(
                 # a log file gets plain lines instead of a live bar
                 console.print(f"{stage} {done}/{total} at {time.perf_counter() - start:.0f} s", highlight=False)
 
-        if vae_from == "testbed":
-            from cloak.models import TESTBED_DIR
-
-            vae_from = str(TESTBED_DIR)
         record = run_build(out, cfg, progress, vae_from=vae_from)
     elapsed = time.perf_counter() - start
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in record["seconds"].items() if k != "total")
