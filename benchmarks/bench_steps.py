@@ -28,9 +28,10 @@ def main() -> None:
     import torch.nn.functional as F
 
     torch.set_num_threads(args.threads)
+    from cloak.imageio import to_tensor
+    from cloak.methods.encoder import EncoderAttack
     from cloak.models import load_components
     from cloak.protect import CloakConfig, Cloaker
-    from cloak.targets import target_image
     from cloak.testbed.artists import EVAL_SEED_OFFSET, HELD_OUT, paint
     from cloak.units import vae_latents
 
@@ -41,13 +42,12 @@ def main() -> None:
     ]
 
     def latents(rgb_list):
-        x = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in rgb_list])
         with torch.no_grad():
-            return vae_latents(comp.vae, x).float()
+            return vae_latents(comp.vae, torch.cat([to_tensor(a) for a in rgb_list])).float()
 
     clean = latents(images)
     with torch.no_grad():  # the encoder method's own target: the pattern's latent at the image's size
-        target = vae_latents(comp.vae, target_image("stripes", 64, 64)).float()
+        target = EncoderAttack(comp).target(to_tensor(images[0]), torch.Generator()).float()
     rows = []
     for steps in sorted(args.steps):
         cloaker = Cloaker(comp, CloakConfig(method="encoder", eps=args.eps, steps=steps))
