@@ -72,8 +72,7 @@ else:  # Python 3.10: the same parser, from PyPI (pyproject: tomli; python_versi
     import tomli as tomllib
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-"""The built-in configs: quick, agreement, baselines, budget8, compare8, gate8, gate8-sds, suite8, suite8-eot,
-suite8-sds, subtle, mimics8, transfer, transfer8, paper-style, paper-face."""
+"""The built-in configs, one TOML file each (:func:`builtin_configs` lists their names)."""
 MIMIC_KINDS = ("dreambooth", "lora", "img2img")
 DTYPES = ("float32", "float16", "bfloat16")
 
