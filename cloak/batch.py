@@ -198,6 +198,7 @@ def run_job(
             "height": artwork.size[1],
             "method": cfg.method,
             "eps": cfg.eps,
+            "min_psnr": cfg.min_psnr,
             "steps": cfg.steps,
             "seed": seed,
             "eot": list(cfg.eot),

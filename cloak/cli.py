@@ -78,6 +78,9 @@ def protect(
     target: str | None = typer.Option(None, help="Target pattern (stripes|checker|grey) or image, for encoder/mist."),
     eot: list[str] = typer.Option([], help="Make the cloak robust to a transform, e.g. jpeg:quality=75 (repeatable)."),
     lpips_bound: float | None = typer.Option(None, help="Also keep LPIPS to the original below this (e.g. 0.05)."),
+    min_psnr: float | None = typer.Option(
+        None, help="Also keep PSNR to the original at or above this many dB (e.g. 35; overrides the preset)."
+    ),
     strip_gps: bool = typer.Option(False, help="Remove GPS location tags from the copied EXIF."),
 ) -> None:
     """Cloak images so that fine-tuning or img2img on them fails to copy the style."""
@@ -101,7 +104,7 @@ def protect(
     try:
         config = CloakConfig.from_preset(
             preset, method=method, eps=eps, steps=steps, eot=tuple(eot) or None, lpips_bound=lpips_bound,
-            options={"target": target} if target else None,
+            min_psnr=min_psnr, options={"target": target} if target else None,
         )
     except ConfigError as err:
         raise _usage_error(str(err)) from None

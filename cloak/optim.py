@@ -5,6 +5,11 @@ valid pixels, seeding and progress reporting live here, once.
 
 The step rule is signed gradient descent (PGD, Madry et al. 2018, https://arxiv.org/abs/1706.06083) with a cosine
 step-size schedule: large steps first to move fast with few model evaluations, small steps last to settle.
+
+With a PSNR floor (``min_psnr``) the perturbation is also held to an L2 ball (RMS = 10^(-min_psnr / 20)) inside the
+L-inf one. Signed steps would spread the change evenly over every pixel and waste that budget, so the step becomes
+the gradient normalised to unit RMS: pixels where the loss is most sensitive get most of the change (the L2 form of
+PGD, Madry et al. 2018), and the L-inf cap still bounds any one pixel.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ class PGDConfig:
         step_size: first step size in 0-255 units; ``None`` means ``max(eps / 4, 2.5 * eps / steps)``, which
             lets a short run cross the budget and a long one refine. Decays with a cosine to a tenth.
         random_start: start from uniform noise in the budget instead of zero (breaks symmetric gradients).
+        min_psnr: optional PSNR floor in dB (peak 255) on top of the L-inf budget; ``None`` = L-inf only.
     """
 
     eps: float = 8.0
     steps: int = 16
     step_size: float | None = None
     random_start: bool = True
+    min_psnr: float | None = None
 
     def __post_init__(self) -> None:
         eps_to_unit(self.eps)
@@ -42,6 +49,17 @@ class PGDConfig:
             raise ConfigError(f"`steps` must be a positive integer, got {self.steps!r}.")
         if self.step_size is not None and not 0 < self.step_size <= 255:
             raise ConfigError(f"`step_size` must be in (0, 255] (0-255 units), got {self.step_size}.")
+        if self.min_psnr is not None:
+            if isinstance(self.min_psnr, bool) or not isinstance(self.min_psnr, (int, float)):
+                raise ConfigError(f"`min_psnr` must be a number of dB, got {self.min_psnr!r}.")
+            # Below 20*log10(255/eps) the L-inf budget is the tighter bound; above ~60 dB nothing survives rounding.
+            if not 20.0 <= self.min_psnr <= 60.0:
+                raise ConfigError(f"`min_psnr` must be between 20 and 60 dB, got {self.min_psnr}.")
+
+    @property
+    def max_rms(self) -> float | None:
+        """The RMS change the PSNR floor allows, [0, 1] units (``None`` without a floor)."""
+        return None if self.min_psnr is None else 10.0 ** (-self.min_psnr / 20.0)
 
     def step_at(self, i: int) -> float:
         """Step size of step ``i`` (0-based), in [0, 1] units."""
@@ -100,7 +118,7 @@ def pgd(
         delta = delta.to(device=x.device, dtype=x.dtype)
     else:
         delta = torch.zeros(shape, device=x.device, dtype=x.dtype)
-    delta = _project(x, delta, eps)
+    delta = _project(x, delta, eps, config.max_rms)
     losses: list[float] = []
     for i in range(config.steps):
         delta.requires_grad_(True)
@@ -109,17 +127,31 @@ def pgd(
         if delta.grad is None:
             raise RuntimeError("the loss does not depend on the image: no gradient reached the perturbation")
         with torch.no_grad():
-            delta = delta - config.step_at(i) * delta.grad.sign()
-            delta = _project(x, delta, eps)
+            if config.max_rms is None:
+                direction = delta.grad.sign()
+            else:
+                direction = delta.grad / _rms(delta.grad).clamp_min(1e-12)
+            delta = delta - config.step_at(i) * direction
+            delta = _project(x, delta, eps, config.max_rms)
         if callback is not None:
             callback(i + 1, config.steps, losses[-1])
     return PGDResult(delta=delta.detach(), losses=losses)
 
 
-def _project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the L-inf ball of radius eps and onto valid pixels ``x + delta`` in [0, 1].
+def _rms(t: torch.Tensor) -> torch.Tensor:
+    """Root mean square per image, shaped to broadcast over ``t``."""
+    return t.float().pow(2).mean(dim=tuple(range(1, t.dim())), keepdim=True).sqrt().to(t.dtype)
 
-    A one-channel ``delta`` (greyscale image, whose three channels are equal) is clamped against channel 0.
+
+def _project(x: torch.Tensor, delta: torch.Tensor, eps: float, max_rms: float | None = None) -> torch.Tensor:
+    """Project onto the L-inf ball of radius eps and onto valid pixels ``x + delta`` in [0, 1], then (with
+    ``max_rms``) shrink each image's perturbation to that RMS. Shrinking toward zero keeps both earlier constraints.
+
+    A one-channel ``delta`` (greyscale image, whose three channels are equal) is clamped against channel 0; its RMS
+    is the three channels' RMS.
     """
     xs = x[:, : delta.shape[1]]
-    return ((xs + delta.clamp(-eps, eps)).clamp(0.0, 1.0) - xs).detach()
+    delta = (xs + delta.clamp(-eps, eps)).clamp(0.0, 1.0) - xs
+    if max_rms is not None:
+        delta = delta * (max_rms / _rms(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return delta.detach()

@@ -28,6 +28,7 @@ class Preset:
         description: one line for people.
         options: method-specific keyword arguments.
         lpips_bound: optional LPIPS hinge bound (needs LPIPS weights).
+        min_psnr: optional PSNR floor, dB, on top of ``eps`` (``cloak.optim``).
         reference: where the settings come from (baselines).
     """
 
@@ -37,6 +38,7 @@ class Preset:
     description: str
     options: dict[str, Any] = field(default_factory=dict)
     lpips_bound: float | None = None
+    min_psnr: float | None = None
     reference: str = ""
 
 

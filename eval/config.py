@@ -111,6 +111,7 @@ class DefenceSpec:
         precomputed: a folder of protected images named like the training images; ``{artist}`` is replaced by
             the artist's name. None for a cloak computed here.
         lpips_bound: optional LPIPS hinge bound of the cloak (needs LPIPS weights).
+        min_psnr: optional PSNR floor of the cloak, dB, on top of ``eps``.
         preset: the ``cloak.presets`` name the settings came from (an artist preset or a published baseline),
             or None.
         surrogate: the model the cloak is computed against, when it is not the grid's ``model`` (a transfer
@@ -126,6 +127,7 @@ class DefenceSpec:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     precomputed: str | None = None
     lpips_bound: float | None = None
+    min_psnr: float | None = None
     preset: str | None = None
     surrogate: str | None = None
 
@@ -140,6 +142,7 @@ class DefenceSpec:
             step_size=self.step_size,
             eot=self.eot,
             lpips_bound=self.lpips_bound,
+            min_psnr=self.min_psnr,
             options=dict(self.options),
         )
 
@@ -438,7 +441,7 @@ def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
 
     if "precomputed" in values:
         raise ConfigError(f"{where}: give either `preset` or `precomputed`, not both.")
-    keys = ("method", "eps", "steps", "step_size", "eot", "lpips_bound", "options")
+    keys = ("method", "eps", "steps", "step_size", "eot", "lpips_bound", "min_psnr", "options")
     try:
         cfg = CloakConfig.from_preset(values["preset"], **{k: values[k] for k in keys if k in values})
     except ConfigError as err:
@@ -446,7 +449,7 @@ def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
     if "name" not in values:
         overridden = {"method", "eps", "steps"} & set(values)
         values["name"] = f"{values['preset']}-{cfg.eps:g}" if overridden else values["preset"]
-    return {**values, **{k: getattr(cfg, k) for k in ("method", "eps", "steps", "lpips_bound", "options")}}
+    return {**values, **{k: getattr(cfg, k) for k in ("method", "eps", "steps", "lpips_bound", "min_psnr", "options")}}
 
 
 def _mimic(t: dict[str, Any], where: str) -> list[MimicSpec]:

@@ -94,6 +94,17 @@ def test_all_good_exits_zero_and_overwrite_redoes(tmp_path, tiny_model_dir):
     assert not (out / "protected").exists()
 
 
+def test_min_psnr_holds_on_the_saved_file_and_is_recorded(tmp_path, tiny_model_dir):
+    Image.fromarray(_noise(32, 32)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    result = _protect(tmp_path / "a.png", "--out", out, "--model", tiny_model_dir, "--steps", "3", "--min-psnr", "38")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "a.cloak.json").read_text())
+    assert record["min_psnr"] == 38 and record["psnr"] >= 38 and record["linf"] <= 8
+    src, got = (np.asarray(Image.open(p)).astype(float) for p in (tmp_path / "a.png", out / "a.png"))
+    assert 10 * np.log10(255**2 / np.mean((src - got) ** 2)) >= 38
+
+
 def test_never_writes_over_an_input(tmp_path, tiny_model_dir):
     Image.fromarray(_noise(16, 16)).save(tmp_path / "a.png")
     before = (tmp_path / "a.png").read_bytes()
@@ -110,6 +121,7 @@ def test_never_writes_over_an_input(tmp_path, tiny_model_dir):
         (["--preset", "turbo"], "unknown preset 'turbo'"),
         (["--method", "nope"], "unknown method 'nope'"),
         (["--format", "gif"], "unknown --format 'gif'"),
+        (["--min-psnr", "90"], "between 20 and 60 dB"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path, args, message):

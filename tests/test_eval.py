@@ -357,12 +357,14 @@ def test_defence_from_a_preset_or_baseline(tmp_path):
         "[[defences]]\npreset = 'photoguard'\n"
         "[[defences]]\npreset = 'mist'\neps = 8\n"
         "[[defences]]\npreset = 'default'\nname = 'ours'\n"
+        "[[defences]]\npreset = 'default'\nname = 'ours-35db'\nmin_psnr = 35\n"
     )
-    pg, mist, ours = load_config(_write(tmp_path, text)).defences
+    pg, mist, ours, floor = load_config(_write(tmp_path, text)).defences
     assert (pg.name, pg.method, pg.eps, pg.steps) == ("photoguard", "encoder", 7.7, 1000)
     assert pg.options == {"target": "grey"} and pg.preset == "photoguard"
     assert (mist.name, mist.method, mist.eps, mist.steps) == ("mist-8", "mist", 8, 100)
     assert (ours.name, ours.method, ours.eps, ours.steps) == ("ours", "encoder", 8.0, 16)
+    assert ours.min_psnr is None and floor.min_psnr == 35 and floor.cloak_config().min_psnr == 35
     assert load_config("agreement").defences == ()
     assert {d.preset for d in load_config("baselines").defences} >= {"default", "photoguard", "mist", "aspl", "sds"}
     assert {d.name: d.surrogate for d in load_config("transfer").defences}["mist-via-unet2"] == "runs/unet2"

@@ -49,6 +49,14 @@ def test_budget_holds_on_the_saved_file(tiny_components, method, tmp_path):
     assert result.linf == diff.max()
 
 
+def test_psnr_floor_holds_on_the_saved_file(tiny_components, method):
+    rgb = _image()
+    result = Cloaker(tiny_components, CloakConfig(method=method, eps=8, steps=STEPS, min_psnr=38)).protect(rgb)
+    assert result.psnr >= 38 and 1 <= result.linf <= 8
+    if method == "encoder":  # deterministic objective: the loss must have gone down within the tighter budget
+        assert result.losses[-1] < result.losses[0]
+
+
 def test_loss_moves_the_intended_way(tiny_components, method):
     """Evaluated with the same generator seed, the objective is lower on the cloaked image than on the clean one."""
     cfg = CloakConfig(method=method, eps=8, steps=STEPS)

@@ -16,6 +16,7 @@ def test_every_preset_builds_its_objective(name, tiny_components):
     preset = get_preset(name)
     assert (config.method, config.eps, config.steps) == (preset.method, preset.eps, preset.steps)
     assert config.options == preset.options and config.lpips_bound == preset.lpips_bound
+    assert config.min_psnr == preset.min_psnr
     objective = METHODS[config.method](tiny_components, **config.options)  # options are ones the method takes
     assert objective.name == config.method
 

@@ -77,6 +77,54 @@ def test_pgd_minimises_within_the_budget():
     assert (res.delta > 0).float().mean() > 0.9
 
 
+def test_psnr_floor_bounds_the_rms_and_spends_it_where_the_gradient_is():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 16, 16, generator=g) * 0.5 + 0.25
+    weight = torch.full_like(x, 0.05)
+    weight[..., :4, :] = 1.0  # the top four rows matter twenty times more to the loss
+
+    def closure(x_adv):
+        loss = (weight * (x_adv - 1.0) ** 2).mean()
+        loss.backward()
+        return float(loss.detach())
+
+    cfg = PGDConfig(eps=8, steps=20, min_psnr=35, random_start=False)
+    res = pgd(closure, x, cfg, torch.Generator().manual_seed(1))
+    rms = float(res.delta.pow(2).mean().sqrt())
+    assert rms <= cfg.max_rms * (1 + 1e-5)
+    assert math.isclose(cfg.max_rms, 10 ** (-35 / 20))
+    assert res.delta.abs().max() <= 8 / 255 + 1e-7
+    assert res.losses[-1] < res.losses[0]
+    # Signed steps would spread the budget evenly (every gradient has the same sign here); normalised-gradient steps
+    # put it into the rows that matter first (up to the L-inf cap), and only what is left into the others.
+    top, rest = res.delta[..., :4, :].abs().mean(), res.delta[..., 4:, :].abs().mean()
+    assert top > 0.95 * 8 / 255
+    assert top > 3 * rest
+    assert rms > 0.95 * cfg.max_rms  # the budget is spent
+    signed = pgd(closure, x, PGDConfig(eps=8, steps=20, random_start=False), torch.Generator().manual_seed(1))
+    assert torch.allclose(signed.delta[..., :4, :].abs().mean(), signed.delta[..., 4:, :].abs().mean())
+
+
+def test_psnr_floor_is_validated():
+    with pytest.raises(ConfigError, match="between 20 and 60 dB"):
+        PGDConfig(min_psnr=80)
+    with pytest.raises(ConfigError, match="number of dB"):
+        PGDConfig(min_psnr=True)
+    assert PGDConfig().max_rms is None
+
+
+def test_quantise_meets_the_psnr_floor_after_rounding():
+    rgb = np.full((8, 8, 3), 128, np.uint8)
+    # 0.6/255 everywhere rounds up to 1/255 (48.1 dB); a 50 dB floor must shrink it until rounding leaves it met.
+    delta = torch.full((1, 3, 8, 8), 0.6 / 255)
+    delta[..., 0, 0] = 5 / 255
+    image, d = quantise(rgb, delta, eps=8, min_psnr=50)
+    assert metrics.psnr(rgb, image) >= 50
+    assert np.abs(d).max() >= 1, "shrinking went further than needed: nothing is left"
+    unbounded, _ = quantise(rgb, delta, eps=8)
+    assert metrics.psnr(rgb, unbounded) < 50
+
+
 def test_step_schedule_decays():
     cfg = PGDConfig(eps=8, steps=10)
     sizes = [cfg.step_at(i) for i in range(10)]
