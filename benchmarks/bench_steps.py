@@ -9,6 +9,7 @@ backward (one model evaluation per view).
     python benchmarks/bench_steps.py                      # 8 paintings, eps 8, steps 4 8 16 20 50 200
     python benchmarks/bench_steps.py --steps 16 200 --n-images 4 --threads 1
     python benchmarks/bench_steps.py --steps 16 200 --min-psnr 35   # with a PSNR floor as well
+    python benchmarks/bench_steps.py --steps 16 --style woodcut     # one held-out artist's paintings only
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=8.0, help="L-inf budget, 0-255 units")
     parser.add_argument("--n-images", type=int, default=8, help="held-out testbed paintings")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--style", default=None, help="one held-out testbed style (default: all four in turn)")
     parser.add_argument("--min-psnr", type=float, default=None, help="PSNR floor in dB on top of eps (default none)")
     args = parser.parse_args()
 
@@ -37,9 +39,12 @@ def main() -> None:
     from cloak.testbed.artists import EVAL_SEED_OFFSET, HELD_OUT, paint
     from cloak.units import vae_latents
 
+    if args.style is not None and args.style not in HELD_OUT:
+        parser.error(f"--style must be a held-out testbed style ({', '.join(HELD_OUT)}), got {args.style!r}")
+    styles = [args.style] if args.style else list(HELD_OUT)
     comp = load_components("testbed", parts=("vae",), device="cpu")
     images = [
-        (paint(HELD_OUT[i % len(HELD_OUT)], EVAL_SEED_OFFSET + i).image * 255).round().astype("uint8")
+        (paint(styles[i % len(styles)], EVAL_SEED_OFFSET + i).image * 255).round().astype("uint8")
         for i in range(args.n_images)
     ]
 
@@ -64,20 +69,21 @@ def main() -> None:
     best_steps, best_mse, best_shift, _ = rows[-1]
     floor = f", PSNR >= {args.min_psnr:g} dB" if args.min_psnr is not None else ""
     print(
-        f"testbed, {args.n_images} held-out paintings 64 px, encoder eps {args.eps:g}/255{floor}, "
-        f"{args.threads} thread(s)"
+        f"testbed, {args.n_images} held-out paintings 64 px ({', '.join(styles)}), "
+        f"encoder eps {args.eps:g}/255{floor}, {args.threads} thread(s)"
     )
+    print(f"latent RMS of the clean images: {clean.pow(2).mean().sqrt().item():.3f}")
     print(f"latent MSE to target of the clean images: {clean_mse:.4f}")
     print(
-        "| steps | latent MSE to target | drop from clean | share of longest run's drop | latent shift "
+        "| steps | latent MSE to target | drop from clean | drop / clean | share of longest run's drop | latent shift "
         "| share of its shift | s/image |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for steps, mse, shift, sec in rows:
         drop = (clean_mse - mse) / (clean_mse - best_mse)
         print(
-            f"| {steps} | {mse:.4f} | {clean_mse - mse:.4f} | {drop:.2f} | {shift:.2f} | {shift / best_shift:.2f} "
-            f"| {sec:.2f} |"
+            f"| {steps} | {mse:.4f} | {clean_mse - mse:.4f} | {(clean_mse - mse) / clean_mse:.2f} | {drop:.2f} "
+            f"| {shift:.2f} | {shift / best_shift:.2f} | {sec:.2f} |"
         )
 
 
