@@ -97,7 +97,7 @@ def pgd(
     delta_shape: tuple[int, ...] | None = None,
     callback: Callback | None = None,
 ) -> PGDResult:
-    """Minimise ``closure`` over an L-inf-bounded perturbation of ``x``.
+    """Minimise ``closure`` over an L-inf-bounded perturbation of ``x`` (also RMS-bounded with ``min_psnr``).
 
     Args:
         closure: see :data:`Closure`.
