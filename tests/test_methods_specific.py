@@ -352,3 +352,23 @@ def test_style_options_are_validated(tiny_components):
 def test_style_default_decoy_does_not_depend_on_loaded_parts(tiny_components):
     """The CLI loads only `needs`, the web page loads everything: the default must give the same cloak."""
     assert not StyleCloak(tiny_components).sdedit
+
+
+def test_mist_sds_minus_variant_adds_the_sds_term(tiny_components):
+    """``semantic="sds-"``: textural + w * L_DM, whose gradient is the encoder's plus w times SDS(-)'s."""
+    x = _x()
+    hybrid, sds = Mist(tiny_components, semantic="sds-"), SDS(tiny_components)
+    with torch.no_grad():
+        target = hybrid.target(x, _gen())
+        textural = F.mse_loss(vae_latents(tiny_components.vae, x, _gen(7)), target)
+        torch.testing.assert_close(
+            hybrid.loss(x, target, _gen(7)), textural + MIST_WEIGHT * sds.loss(x, None, _gen(7)), rtol=1e-5, atol=1e-6
+        )
+    xa, xs, xt = (x.clone().requires_grad_(True) for _ in range(3))
+    hybrid.loss(xa, target, _gen(7)).backward()
+    sds.loss(xs, None, _gen(7)).backward()
+    F.mse_loss(vae_latents(tiny_components.vae, xt, _gen(7)), target).backward()
+    assert xs.grad.abs().sum() > 0
+    torch.testing.assert_close(xa.grad, xt.grad + MIST_WEIGHT * xs.grad, rtol=1e-4, atol=1e-9)
+    with pytest.raises(ConfigError, match=r"`semantic` \(mist option\) must be one of advdm, sds-, got 'sds'"):
+        Mist(tiny_components, semantic="sds")

@@ -9,6 +9,11 @@ textural term of ``cloak.methods.encoder`` (same target pattern ``x_T``, whose l
 :meth:`EncoderAttack.target`) minus ``w`` times AdvDM's semantic term (``cloak.methods.advdm``). As in Mist's code one
 posterior sample ``z`` feeds both terms (one encoder pass).
 
+Option ``semantic="sds-"`` (this project's variant, not Mist's): the semantic term is SDS(-) instead, *minimised*
+with the score-distillation gradient (``cloak.methods.sds``, Xue et al. ICLR'24):
+``|| z - E(x_T) ||^2 + w * L_DM(z)``. The target pattern is what a long fine-tune learns from the cloak, and the
+error-minimising term what a short one is held back by (README, "At 8/255"); the UNet runs forward only.
+
 The weight: Mist v1 uses ``rate = 10^4`` against a textural MSE *summed* over SD's 4 x 64 x 64 latent at 512 px and a
 semantic MSE averaged over elements. Here both terms are means over elements, so the same balance is
 ``w = 10^4 / 16384 = 0.61``, and it stays the same at any view size. Budget: Mist v1 uses 16/255 and 100 steps
@@ -25,10 +30,14 @@ import torch.nn.functional as F
 from cloak.errors import ConfigError
 from cloak.methods.diffusion import DIFFUSION_PARTS, denoising_loss, encode_prompt, positive_int, prediction_type
 from cloak.methods.encoder import EncoderAttack
+from cloak.methods.sds import sds_surrogate
 from cloak.units import vae_latents
 
 if TYPE_CHECKING:
     from cloak.models import Components
+
+#: The semantic terms ``mist`` can fuse with the textural one.
+SEMANTIC_TERMS = ("advdm", "sds-")
 
 #: Mist v1's fusion weight 10^4 per summed 4x64x64 latent, expressed per latent element.
 MIST_WEIGHT = 1e4 / (4 * 64 * 64)
@@ -45,6 +54,8 @@ class Mist(EncoderAttack):
         weight: ``w``, the semantic term's weight against the textural one, both per-element means, >= 0.
             Default 0.61 (Mist v1's balance, see the module docstring); 0 gives the encoder attack on a sample.
         samples: (t, eps) draws per loss evaluation, one UNet batch. Default 1.
+        semantic: ``"advdm"`` (default, Mist: maximise the denoising loss, full gradient) or ``"sds-"`` (minimise
+            it with the score-distillation gradient; see the module docstring).
     """
 
     name: ClassVar[str] = "mist"
@@ -59,6 +70,7 @@ class Mist(EncoderAttack):
         prompt: str = "a painting",
         weight: float = MIST_WEIGHT,
         samples: int = 1,
+        semantic: str = "advdm",
     ) -> None:
         super().__init__(components, target=target, period=period)
         prediction_type(components.scheduler)
@@ -66,11 +78,18 @@ class Mist(EncoderAttack):
             raise ConfigError(f"`weight` (mist option) must be a number >= 0, got {weight!r}.")
         self.weight = float(weight)
         self.samples = positive_int(samples, "samples", self.name)
+        if semantic not in SEMANTIC_TERMS:
+            choices = ", ".join(SEMANTIC_TERMS)
+            raise ConfigError(f"`semantic` (mist option) must be one of {choices}, got {semantic!r}.")
+        self.semantic = semantic
         self.prompt_embeds = encode_prompt(components.text_encoder, components.tokenizer, prompt)  # c: (1, 77, D)
 
     def loss(self, x_adv: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         c = self.components
         z = vae_latents(c.vae, x_adv, generator)  # one posterior sample for both terms
         textural = F.mse_loss(z.float(), target.float())
+        if self.semantic == "sds-":
+            sds = sds_surrogate(c.unet, c.scheduler, z, self.prompt_embeds, generator, self.samples)
+            return textural + self.weight * sds
         semantic = denoising_loss(c.unet, c.scheduler, z, self.prompt_embeds, generator, self.samples)
         return textural - self.weight * semantic

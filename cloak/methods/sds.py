@@ -51,13 +51,29 @@ class SDS(AdvDM):
         super().__init__(components, prompt=prompt, samples=samples, minimise=minimise)
 
     def loss(self, x_adv: torch.Tensor, target: None, generator: torch.Generator) -> torch.Tensor:
-        scheduler = self.components.scheduler
         z = vae_latents(self.components.vae, x_adv, generator).float()  # the only graph: x_adv -> E -> z
-        with torch.no_grad():
-            noised = add_noise(scheduler, z.detach(), generator, self.samples)
-            eps_theta = predicted_noise(scheduler, noised, unet_prediction(self.unet, noised, self.prompt_embeds))
-            residual = eps_theta.float() - noised.noise.float()  # (n, C, h, w): eps_theta - eps per draw
-            value = residual.pow(2).mean()  # L_DM
-            g = 2.0 * residual.mean(0, keepdim=True) / z.numel()  # dL_DM/dz with the UNet Jacobian taken as identity
-        surrogate = value + (g * (z - z.detach())).sum()
+        surrogate = sds_surrogate(self.unet, self.components.scheduler, z, self.prompt_embeds, generator, self.samples)
         return surrogate if self.minimise else -surrogate
+
+
+def sds_surrogate(
+    unet, scheduler, z: torch.Tensor, prompt_embeds: torch.Tensor, generator: torch.Generator, samples: int = 1
+) -> torch.Tensor:
+    """``L_DM`` at ``z`` with the score-distillation gradient: its value is the denoising MSE over ``samples``
+    (t, eps) draws, its gradient w.r.t. ``z`` is ``2 (eps_theta - eps) / numel(z)`` (the UNet runs under no_grad).
+
+    Args:
+        unet: the denoiser.
+        scheduler: the noise schedule (``cloak.methods.diffusion``).
+        z: (1, C, h, w) latents carrying the graph to the image.
+        prompt_embeds: the text condition (1, 77, D).
+        generator: draws t and eps.
+        samples: draws averaged, one UNet batch.
+    """
+    with torch.no_grad():
+        noised = add_noise(scheduler, z.detach(), generator, samples)
+        eps_theta = predicted_noise(scheduler, noised, unet_prediction(unet, noised, prompt_embeds))
+        residual = eps_theta.float() - noised.noise.float()  # (n, C, h, w): eps_theta - eps per draw
+        value = residual.pow(2).mean()  # L_DM
+        g = 2.0 * residual.mean(0, keepdim=True) / z.numel()  # dL_DM/dz with the UNet Jacobian taken as identity
+    return value + (g * (z.float() - z.detach().float())).sum()
