@@ -46,6 +46,13 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset("encoder", 8.0, 4, "4 steps: a quick cloak, weaker; for large batches"),
     "default": Preset("encoder", 8.0, 16, "16 steps: the recommended balance of protection and time"),
     "strong": Preset("encoder", 12.0, 64, "64 steps at a larger budget: strongest, slower, slightly more visible"),
+    "robust": Preset(
+        "mist",
+        8.0,
+        16,
+        "16 steps of the default's target plus SDS(-): survives purification better, runs the diffusion model too",
+        {"semantic": "sds-", "samples": 4},
+    ),
 }
 """Artist-facing presets (the CLI's ``--preset`` and the web page)."""
 

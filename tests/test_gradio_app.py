@@ -226,7 +226,7 @@ def test_download_zip_holds_every_png_and_sidecar(backend, uploads):
         ({"eps": 0}, "`eps` must be in (0, 255]"),
         ({"seed": -1}, "`seed` must be a whole number from 0 to 2^63 - 1, got -1."),
         ({"steps": 2.5}, "`steps` must be a whole number, got 2.5."),
-        ({"preset": "extreme"}, "unknown preset 'extreme'; choose one of fast, default, strong."),
+        ({"preset": "extreme"}, "unknown preset 'extreme'; choose one of fast, default, strong, robust."),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(backend, uploads, kwargs, message):
@@ -303,4 +303,4 @@ def test_backend_loads_a_model_folder_with_every_part_a_method_needs(tiny_model_
     assert backend.model == str(tiny_model_dir) and (tmp_path / "work").is_dir()
     for cls in METHODS.values():
         assert all(getattr(backend.components, part) is not None for part in cls.needs)
-    assert set(backend.step_seconds) == {"encoder"} and backend.step_seconds["encoder"] > 0
+    assert set(backend.step_seconds) == {"encoder", "mist"} and min(backend.step_seconds.values()) > 0
