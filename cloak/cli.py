@@ -56,7 +56,8 @@ def methods() -> None:
         typer.echo(f"  {name:<{width}}  {cls.summary}  [needs: {', '.join(sorted(cls.needs))}]")
     typer.echo("presets (--preset):")
     for name, p in PRESETS.items():
-        typer.echo(f"  {name:<{width}}  {p.method}, eps {p.eps:g}/255: {p.description}")
+        options = f" ({', '.join(f'{k}={v}' for k, v in p.options.items())})" if p.options else ""
+        typer.echo(f"  {name:<{width}}  {p.method}{options}, eps {p.eps:g}/255: {p.description}")
     typer.echo("published baselines (--preset, for comparison):")
     for name, p in BASELINES.items():
         typer.echo(f"  {name:<{width}}  {p.method}, eps {p.eps:g}/255, {p.steps} steps [{p.reference}]")
