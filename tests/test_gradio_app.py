@@ -296,6 +296,12 @@ def test_missing_model_weights_fail_at_start_up_in_one_line(tmp_path):
     )
 
 
+def test_step_timing_runs_the_method_with_the_presets_options(tiny_components):
+    assert handlers.time_step(tiny_components, "mist", {"semantic": "sds-", "samples": 2}) > 0
+    with pytest.raises(ConfigError, match="`semantic` \\(mist option\\)"):  # the options reach the method
+        handlers.time_step(tiny_components, "mist", {"semantic": "nonsense"})
+
+
 def test_backend_loads_a_model_folder_with_every_part_a_method_needs(tiny_model_dir, tmp_path):
     from cloak.methods import METHODS
 
