@@ -48,7 +48,7 @@ def _usage_error(message: str) -> typer.Exit:
 def methods() -> None:
     """List the protection methods, the presets and the published baselines, one line each."""
     from cloak.methods import METHODS
-    from cloak.presets import BASELINES, PRESETS
+    from cloak.presets import BASELINES, PRESETS, method_label
 
     width = max(map(len, [*METHODS, *PRESETS, *BASELINES]))
     typer.echo("methods (--method):")
@@ -56,8 +56,7 @@ def methods() -> None:
         typer.echo(f"  {name:<{width}}  {cls.summary}  [needs: {', '.join(sorted(cls.needs))}]")
     typer.echo("presets (--preset):")
     for name, p in PRESETS.items():
-        options = f" ({', '.join(f'{k}={v}' for k, v in p.options.items())})" if p.options else ""
-        typer.echo(f"  {name:<{width}}  {p.method}{options}, eps {p.eps:g}/255: {p.description}")
+        typer.echo(f"  {name:<{width}}  {method_label(p.method, p.options)}, eps {p.eps:g}/255: {p.description}")
     typer.echo("published baselines (--preset, for comparison):")
     for name, p in BASELINES.items():
         typer.echo(f"  {name:<{width}}  {p.method}, eps {p.eps:g}/255, {p.steps} steps [{p.reference}]")

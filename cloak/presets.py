@@ -107,6 +107,13 @@ BASELINES: dict[str, Preset] = {
 """Published methods with their published settings, for comparison."""
 
 
+def method_label(method: str, options: dict[str, Any] | None = None) -> str:
+    """``method`` with its options, e.g. ``"mist (samples=4, semantic=sds-)"``: names a method as it will run."""
+    if not options:
+        return method
+    return f"{method} ({', '.join(f'{k}={v}' for k, v in sorted(options.items()))})"
+
+
 def get_preset(name: str) -> Preset:
     """Look up an artist preset or a baseline by name, with a clear error listing the known ones."""
     found = PRESETS.get(name) or BASELINES.get(name)

@@ -32,7 +32,7 @@ from cloak import imageio
 from cloak.batch import Job, run_job
 from cloak.errors import ConfigError
 from cloak.imageio import SUPPORTED_SUFFIXES, ImageError, load_artwork, save_artwork
-from cloak.presets import PRESETS
+from cloak.presets import PRESETS, method_label
 
 if TYPE_CHECKING:
     from cloak.models import Components
@@ -57,8 +57,9 @@ class Backend:
     Attributes:
         model: the model as the user named it (``--model``).
         components: the loaded model parts (every part any method in ``METHODS`` needs).
-        step_seconds: seconds per optimiser step per pixel the model sees, per method, measured at start-up
-            for the presets' methods.
+        step_seconds: seconds per optimiser step per pixel the model sees, measured at start-up for each
+            preset's method with that preset's options (which change its cost), keyed by
+            ``cloak.presets.method_label(method, options)``.
         work_root: folder under which each request writes its results.
     """
 
@@ -146,9 +147,10 @@ def load_backend(model: str, device: str = "auto", work_root: Path | None = None
 def backend_for(components: Components, model: str, work_root: Path | None = None) -> Backend:
     """A :class:`Backend` for already loaded components (times the presets' methods on them)."""
     timing: dict[str, float] = {}
-    for preset in PRESETS.values():  # each method as its first preset runs it (its options change its cost)
-        if preset.method not in timing:
-            timing[preset.method] = time_step(components, preset.method, preset.options)
+    for preset in PRESETS.values():  # each method once per set of options the presets run it with
+        key = method_label(preset.method, preset.options)
+        if key not in timing:
+            timing[key] = time_step(components, preset.method, preset.options)
     root = Path(tempfile.mkdtemp(prefix="cloak-app-")) if work_root is None else Path(work_root)
     root.mkdir(parents=True, exist_ok=True)
     return Backend(model=model, components=components, step_seconds=MappingProxyType(timing), work_root=root)
@@ -320,13 +322,13 @@ def format_duration(seconds: float) -> str:
 def estimate_seconds(backend: Backend, sizes: Sequence[tuple[int, int]], config) -> float | None:
     """Seconds the cloak of images of these ``(width, height)`` sizes should take here; None if not timed.
 
-    Scales the step time measured at start-up for ``config.method`` by the pixels the model sees for each image
-    (images larger than the model's resolution are resized or tiled first) and by the number of steps, plus one
-    step for computing the target. None when ``config.method`` was not timed at start-up.
+    Scales the step time measured at start-up for ``config.method`` with ``config.options`` by the pixels the model
+    sees for each image (images larger than the model's resolution are resized or tiled first) and by the number of
+    steps, plus one step for computing the target. None when that method and options were not timed at start-up.
     """
     from cloak.protect import Cloaker
 
-    rate = backend.step_seconds.get(config.method)
+    rate = backend.step_seconds.get(method_label(config.method, config.options))
     if rate is None:
         return None
     cloaker = Cloaker(backend.components, config)
@@ -366,7 +368,8 @@ def estimate(
     seconds = estimate_seconds(backend, sizes, config)
     if seconds is None:
         return (
-            f"No time estimate for the **{config.method}** method: only {', '.join(backend.step_seconds)} was "
+            f"No time estimate for the **{method_label(config.method, config.options)}** method: only "
+            f"{', '.join(backend.step_seconds)} was "
             "timed at start-up. It is usually slower, because it runs the diffusion model too."
         )
     count, unreadable = len(sizes), len(uploads) - len(sizes) - too_large

@@ -244,6 +244,9 @@ def test_estimate_scales_with_steps_and_images(backend, uploads):
     assert handlers.estimate_seconds(backend, [(40, 24)] * 3, fast) == pytest.approx(3 * one)
     assert handlers.estimate_seconds(backend, [(40, 24)], strong) == pytest.approx(one * 65 / 5)
     assert handlers.estimate_seconds(backend, [(40, 24)], handlers.make_config("fast", "advdm", None, None)) is None
+    # The robust preset's mist was timed with its options; mist picked by hand runs without them (another cost).
+    assert handlers.estimate_seconds(backend, [(40, 24)], handlers.make_config("robust", None, None, None)) > 0
+    assert handlers.estimate_seconds(backend, [(40, 24)], handlers.make_config("default", "mist", None, None)) is None
     text = handlers.estimate(backend, [uploads["sky.png"], uploads["broken.png"]], "default", None, None, None)
     assert text.startswith("Estimated time: **about ") and "for 1 image on this computer (cpu)" in text
     assert "estimate" in text and "(1 unreadable file not counted.)" in text
@@ -309,4 +312,5 @@ def test_backend_loads_a_model_folder_with_every_part_a_method_needs(tiny_model_
     assert backend.model == str(tiny_model_dir) and (tmp_path / "work").is_dir()
     for cls in METHODS.values():
         assert all(getattr(backend.components, part) is not None for part in cls.needs)
-    assert set(backend.step_seconds) == {"encoder", "mist"} and min(backend.step_seconds.values()) > 0
+    assert set(backend.step_seconds) == {"encoder", "mist (samples=4, semantic=sds-)"}
+    assert min(backend.step_seconds.values()) > 0
