@@ -256,5 +256,6 @@ def quantise(
             break
         scaled = scaled * 10.0 ** (-(shortfall + 0.01) / 20.0)  # shrink the RMS by the missing dB
     else:
-        raise RuntimeError(f"could not meet the PSNR floor of {min_psnr} dB")  # unreachable: zero change meets it
+        # Each pass shrinks the change by the missing dB plus 0.01 dB; rounding would have to undo that 20 times.
+        raise RuntimeError(f"could not meet the PSNR floor of {min_psnr} dB in 20 passes")
     return image, image.astype(np.int16) - rgb.astype(np.int16)
