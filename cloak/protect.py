@@ -129,6 +129,22 @@ def default_autocast(device: torch.device) -> bool:
     return bool(probe and probe())
 
 
+def store_unet_in_bf16(components: Components) -> None:
+    """Keep the UNet's convolution and linear weights in bf16, in place, for cloaking under bf16 autocast.
+
+    Under bf16 autocast (:attr:`Cloaker.autocast`) those layers cast their float32 weights and biases to bf16 at
+    every call, so storing them in bf16 gives the same output (``tests/test_methods.py``) with about half the memory
+    (1.7 GB less for SD-1.5) and without the per-call casts. Normalisation layers, which autocast runs in float32,
+    keep their float32 weights. Only for components that nothing fine-tunes in place: the evaluation, whose mimics
+    fine-tune the loaded UNet, keeps float32.
+    """
+    if components.unet is None:
+        return
+    for module in components.unet.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            module.to(torch.bfloat16)
+
+
 class Cloaker:
     """Cloak images with one method and one set of loaded model parts.
 

@@ -139,8 +139,11 @@ def load_backend(model: str, device: str = "auto", work_root: Path | None = None
         ConfigError: unknown device or model kind.
     """
     from cloak.models import load_components
+    from cloak.protect import default_autocast, store_unet_in_bf16
 
     components = load_components(model, parts_needed(), device=device)
+    if default_autocast(components.device):  # the page's cloaks run under bf16 autocast there (Cloaker.autocast)
+        store_unet_in_bf16(components)
     return backend_for(components, model, work_root)
 
 

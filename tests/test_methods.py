@@ -125,3 +125,21 @@ def test_eot_draws_a_fresh_transform_per_step_and_keeps_the_budget(tiny_componen
     result = Cloaker(tiny_components, cfg).protect(_image(), seed=0)
     assert len(drawn) == 3 * result.views
     assert 1 <= result.linf <= 8
+
+
+@pytest.mark.parametrize("method", ["mist", "advdm"])
+def test_unet_stored_in_bf16_gives_the_same_cloak_under_autocast(method):
+    # store_unet_in_bf16 is only sound because bf16 autocast already runs the UNet's layers in bf16.
+    from tiny_models import make_tiny_components
+
+    from cloak.protect import store_unet_in_bf16
+
+    rgb = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    config = CloakConfig(method=method, eps=8, steps=3, autocast=True, options={"samples": 2})
+    components = make_tiny_components(seed=0)
+    reference = Cloaker(components, config).protect(rgb, seed=1)
+    store_unet_in_bf16(components)
+    assert components.unet.conv_in.weight.dtype == torch.bfloat16
+    lean = Cloaker(components, config).protect(rgb, seed=1)
+    np.testing.assert_array_equal(lean.image, reference.image)
+    assert lean.losses == pytest.approx(reference.losses, rel=1e-6)

@@ -206,6 +206,20 @@ def test_aspl_fine_tunes_private_copies_only(fresh_tiny_components):
     assert np.array_equal(cloaker.protect(_image(), seed=1).image, first.image)
 
 
+def test_aspl_trains_float32_copies_of_a_unet_stored_in_bf16(fresh_tiny_components):
+    from cloak.protect import store_unet_in_bf16
+
+    comp = fresh_tiny_components
+    store_unet_in_bf16(comp)
+    obj = ASPL(comp, learning_rate=1e-3)
+    x = _x()
+    obj.target(x, _gen())
+    obj.update([x], _gen())
+    dtypes = {p.dtype for model in (obj._main, obj.surrogate) for p in model.parameters()}
+    assert dtypes == {torch.float32}
+    assert comp.unet.conv_in.weight.dtype == torch.bfloat16  # the shared UNet is left as it was
+
+
 def test_aspl_loss_attacks_the_surrogate(fresh_tiny_components):
     comp = fresh_tiny_components
     obj = ASPL(comp, learning_rate=1e-3)

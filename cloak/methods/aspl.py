@@ -83,7 +83,8 @@ class ASPL(AdvDM):
         if train_text_encoder:
             parts["text_encoder"] = components.text_encoder
         self._pretrained = parts
-        self._main = torch.nn.ModuleDict({k: copy.deepcopy(m) for k, m in parts.items()})  # f
+        # f, trained in float32 whatever the loaded weights' dtype (cloak.protect.store_unet_in_bf16)
+        self._main = torch.nn.ModuleDict({k: copy.deepcopy(m).float() for k, m in parts.items()})
         self.surrogate = copy.deepcopy(self._main)  # f_sur, the model the loss attacks
         self.unet = self.surrogate["unet"]
         self._clean: list[torch.Tensor] = []  # clean views of the image being cloaked
