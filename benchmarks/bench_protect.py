@@ -9,6 +9,7 @@ time can be extrapolated (marked as such) without running it whole.
     python benchmarks/bench_protect.py                      # the artist presets at 512 and 2048, a markdown table
     python benchmarks/bench_protect.py --presets fast --sizes 512
     python benchmarks/bench_protect.py --presets mist sds --sizes 512 --steps 4
+    python benchmarks/bench_protect.py --presets robust --sizes 512 --option samples=1   # a preset's option changed
 """
 
 from __future__ import annotations
@@ -66,15 +67,28 @@ def sd15_components(seed: int, diffusion: bool):
                       dtype=torch.float32, **parts)
 
 
-def run_one(preset: str, size: int, seed: int, steps: int | None = None) -> dict:
+def parse_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value); the value is read as JSON (numbers, true/false) and else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def run_one(preset: str, size: int, seed: int, steps: int | None = None, options: dict | None = None) -> dict:
     import numpy as np
 
     from cloak.methods import METHODS
-    from cloak.protect import CloakConfig, Cloaker
+    from cloak.protect import CloakConfig, Cloaker, store_unet_in_bf16
 
-    config = CloakConfig.from_preset(preset, **({"steps": steps} if steps else {}))
+    config = CloakConfig.from_preset(preset, steps=steps, options=options or None)
     components = sd15_components(seed, diffusion="unet" in METHODS[config.method].needs)
     cloaker = Cloaker(components, config)
+    if cloaker.autocast:
+        store_unet_in_bf16(components)  # as `cloak protect` does
     rgb = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     start = time.perf_counter()
     result = cloaker.protect(rgb, seed=seed)
@@ -83,7 +97,7 @@ def run_one(preset: str, size: int, seed: int, steps: int | None = None) -> dict
     return {"preset": preset, "size": size, "steps": cloaker.config.steps, "seconds": round(seconds, 1),
             "per_step": round(seconds / cloaker.config.steps, 2), "method": cloaker.config.method,
             "peak_rss_gib": round(peak_gib, 2), "linf": result.linf, "psnr": round(result.psnr, 2),
-            "views": result.views, "bf16_autocast": cloaker.autocast}
+            "views": result.views, "bf16_autocast": cloaker.autocast, "options": cloaker.config.options}
 
 
 def main() -> None:
@@ -92,23 +106,28 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 2048])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="run this many steps instead of the preset's")
+    parser.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="override one of the presets' method options (repeatable), e.g. samples=1")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.seed, args.steps)))
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.seed, args.steps, dict(args.option))))
         return
     import torch
 
     print(f"# cloak presets on the SD-1.5 architecture: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    if args.option:
+        print("# options: " + ", ".join(f"{k}={v}" for k, v in args.option))
     print("| preset | method | size | steps | views | seconds/image | seconds/step | peak RSS (GiB) | L-inf | "
           "PSNR (dB) | bf16 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
         for size in args.sizes:
             cmd = [sys.executable, __file__, "--one", preset, str(size), "--seed", str(args.seed)]
-            out = subprocess.run(cmd + (["--steps", str(args.steps)] if args.steps else []),
-                                 capture_output=True, text=True, check=True)
+            cmd += ["--steps", str(args.steps)] if args.steps else []
+            cmd += [f"--option={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in args.option]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {r['preset']} | {r['method']} | {r['size']}x{r['size']} | {r['steps']} | {r['views']} | "
                   f"{r['seconds']} | {r['per_step']} | {r['peak_rss_gib']} | {r['linf']} | {r['psnr']} | "
