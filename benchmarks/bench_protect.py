@@ -78,7 +78,9 @@ def parse_option(text: str) -> tuple[str, object]:
         return key, value
 
 
-def run_one(preset: str, size: int, seed: int, steps: int | None = None, options: dict | None = None) -> dict:
+def run_one(
+    preset: str, size: int, seed: int, steps: int | None = None, options: dict | None = None, float32: bool = False
+) -> dict:
     import numpy as np
 
     from cloak.methods import METHODS
@@ -87,7 +89,7 @@ def run_one(preset: str, size: int, seed: int, steps: int | None = None, options
     config = CloakConfig.from_preset(preset, steps=steps, options=options or None)
     components = sd15_components(seed, diffusion="unet" in METHODS[config.method].needs)
     cloaker = Cloaker(components, config)
-    if cloaker.autocast:
+    if cloaker.autocast and not float32:
         store_unet_in_bf16(components)  # as `cloak protect` does
     rgb = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     start = time.perf_counter()
@@ -108,10 +110,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="run this many steps instead of the preset's")
     parser.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
                         help="override one of the presets' method options (repeatable), e.g. samples=1")
+    parser.add_argument("--float32-unet", action="store_true",
+                        help="keep the UNet's weights in float32 (to measure what storing them in bf16 saves)")
     parser.add_argument("--one", nargs=2, metavar=("PRESET", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.seed, args.steps, dict(args.option))))
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.seed, args.steps, dict(args.option),
+                                 args.float32_unet)))
         return
     import torch
 
@@ -119,6 +124,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     if args.option:
         print("# options: " + ", ".join(f"{k}={v}" for k, v in args.option))
+    if args.float32_unet:
+        print("# UNet weights kept in float32")
     print("| preset | method | size | steps | views | seconds/image | seconds/step | peak RSS (GiB) | L-inf | "
           "PSNR (dB) | bf16 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -127,6 +134,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", preset, str(size), "--seed", str(args.seed)]
             cmd += ["--steps", str(args.steps)] if args.steps else []
             cmd += [f"--option={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in args.option]
+            cmd += ["--float32-unet"] if args.float32_unet else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {r['preset']} | {r['method']} | {r['size']}x{r['size']} | {r['steps']} | {r['views']} | "
