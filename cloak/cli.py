@@ -67,7 +67,7 @@ def protect(
     inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the cloaked images and their .cloak.json sidecars."),
     preset: str = typer.Option(
-        "default", help="fast | default | strong | robust, or a baseline (see `cloak methods`)."
+        "default", help="fast | default | strong, or a baseline (see `cloak methods`)."
     ),
     method: str | None = typer.Option(None, help="Protection method (overrides the preset)."),
     eps: float | None = typer.Option(None, help="L-inf budget in 0-255 units, e.g. 8 for 8/255 (overrides preset)."),

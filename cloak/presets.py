@@ -44,16 +44,15 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "fast": Preset("encoder", 8.0, 4, "4 steps: a quick cloak, weaker; for large batches"),
-    "default": Preset("encoder", 8.0, 16, "16 steps: the recommended balance of protection and time"),
-    "strong": Preset("encoder", 12.0, 64, "64 steps at a larger budget: strongest, slower, slightly more visible"),
-    "robust": Preset(
+    "default": Preset(
         "mist",
         8.0,
-        16,
-        "16 steps that also consult the diffusion model: holds up better against attempts to clean the cloak "
-        "off; about 3x slower than the default (target pattern + SDS(-))",
-        {"semantic": "sds-", "samples": 4},
+        8,
+        "8 steps that pull the picture toward a decoy texture and consult the diffusion model: the recommended "
+        "balance, and it holds up against attempts to clean the cloak off (target pattern + SDS(-))",
+        {"semantic": "sds-", "samples": 1},
     ),
+    "strong": Preset("encoder", 12.0, 64, "64 steps at a larger budget: strongest, slower, slightly more visible"),
 }
 """Artist-facing presets (the CLI's ``--preset`` and the web page)."""
 

@@ -29,7 +29,7 @@ The page adds a small, carefully computed change (a "cloak") to each picture tha
 image models to learn your style from it. Your files stay on this computer: nothing is uploaded anywhere."""
 
 COMPARISON = {"before": "Before", "after": "After (protected)", "difference": "The change, amplified"}
-PRESET_LABELS = {"fast": "Fast", "default": "Default (recommended)", "strong": "Strong", "robust": "Robust"}
+PRESET_LABELS = {"fast": "Fast", "default": "Default (recommended)", "strong": "Strong"}
 
 
 def _preset_text() -> str:

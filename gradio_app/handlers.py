@@ -435,7 +435,7 @@ def protect_uploads(
     Args:
         backend: the loaded model (:func:`load_backend`).
         paths: uploaded files: images or ``.zip`` archives of images.
-        preset: a ``cloak.presets.PRESETS`` name (``fast``, ``default``, ``strong``, ``robust``).
+        preset: a ``cloak.presets.PRESETS`` name (``fast``, ``default``, ``strong``).
         method: a method in ``cloak.methods.METHODS``, or None for the preset's.
         eps: L-inf budget, 0-255 units, or None for the preset's.
         steps: optimiser steps, or None for the preset's.

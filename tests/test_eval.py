@@ -363,10 +363,11 @@ def test_defence_from_a_preset_or_baseline(tmp_path):
     assert (pg.name, pg.method, pg.eps, pg.steps) == ("photoguard", "encoder", 7.7, 1000)
     assert pg.options == {"target": "grey"} and pg.preset == "photoguard"
     assert (mist.name, mist.method, mist.eps, mist.steps) == ("mist-8", "mist", 8, 100)
-    assert (ours.name, ours.method, ours.eps, ours.steps) == ("ours", "encoder", 8.0, 16)
+    assert (ours.name, ours.method, ours.eps, ours.steps) == ("ours", "mist", 8.0, 8)
+    assert ours.options == {"semantic": "sds-", "samples": 1}
     assert ours.min_psnr is None and floor.min_psnr == 35 and floor.cloak_config().min_psnr == 35
     assert load_config("agreement").defences == ()
-    assert {d.preset for d in load_config("baselines").defences} >= {"default", "photoguard", "mist", "aspl", "sds"}
+    assert {d.preset for d in load_config("baselines").defences} >= {"fast", "photoguard", "mist", "aspl", "sds"}
     assert {d.name: d.surrogate for d in load_config("transfer").defences}["mist-via-unet2"] == "runs/unet2"
 
 

@@ -226,7 +226,7 @@ def test_download_zip_holds_every_png_and_sidecar(backend, uploads):
         ({"eps": 0}, "`eps` must be in (0, 255]"),
         ({"seed": -1}, "`seed` must be a whole number from 0 to 2^63 - 1, got -1."),
         ({"steps": 2.5}, "`steps` must be a whole number, got 2.5."),
-        ({"preset": "extreme"}, "unknown preset 'extreme'; choose one of fast, default, strong, robust."),
+        ({"preset": "extreme"}, "unknown preset 'extreme'; choose one of fast, default, strong."),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(backend, uploads, kwargs, message):
@@ -244,9 +244,9 @@ def test_estimate_scales_with_steps_and_images(backend, uploads):
     assert handlers.estimate_seconds(backend, [(40, 24)] * 3, fast) == pytest.approx(3 * one)
     assert handlers.estimate_seconds(backend, [(40, 24)], strong) == pytest.approx(one * 65 / 5)
     assert handlers.estimate_seconds(backend, [(40, 24)], handlers.make_config("fast", "advdm", None, None)) is None
-    # The robust preset's mist was timed with its options; mist picked by hand runs without them (another cost).
-    assert handlers.estimate_seconds(backend, [(40, 24)], handlers.make_config("robust", None, None, None)) > 0
-    assert handlers.estimate_seconds(backend, [(40, 24)], handlers.make_config("default", "mist", None, None)) is None
+    # The default preset's mist was timed with its options; mist picked by hand runs without them (another cost).
+    assert handlers.estimate_seconds(backend, [(40, 24)], handlers.make_config("default", None, None, None)) > 0
+    assert handlers.estimate_seconds(backend, [(40, 24)], handlers.make_config("fast", "mist", None, None)) is None
     text = handlers.estimate(backend, [uploads["sky.png"], uploads["broken.png"]], "default", None, None, None)
     assert text.startswith("Estimated time: **about ") and "for 1 image on this computer (cpu)" in text
     assert "estimate" in text and "(1 unreadable file not counted.)" in text
@@ -312,5 +312,5 @@ def test_backend_loads_a_model_folder_with_every_part_a_method_needs(tiny_model_
     assert backend.model == str(tiny_model_dir) and (tmp_path / "work").is_dir()
     for cls in METHODS.values():
         assert all(getattr(backend.components, part) is not None for part in cls.needs)
-    assert set(backend.step_seconds) == {"encoder", "mist (samples=4, semantic=sds-)"}
+    assert set(backend.step_seconds) == {"encoder", "mist (samples=1, semantic=sds-)"}
     assert min(backend.step_seconds.values()) > 0
