@@ -9,7 +9,7 @@ time can be extrapolated (marked as such) without running it whole.
     python benchmarks/bench_protect.py                      # the artist presets at 512 and 2048, a markdown table
     python benchmarks/bench_protect.py --presets fast --sizes 512
     python benchmarks/bench_protect.py --presets mist sds --sizes 512 --steps 4
-    python benchmarks/bench_protect.py --presets robust --sizes 512 --option samples=1   # a preset's option changed
+    python benchmarks/bench_protect.py --presets default --sizes 512 --option samples=4  # a preset's option changed
 """
 
 from __future__ import annotations

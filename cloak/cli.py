@@ -133,7 +133,7 @@ def protect(
                 lpips_model = _lpips_for(components.device, needed=config.lpips_bound is not None)
                 cloaker = Cloaker(components, config, lpips_model=lpips_model if config.lpips_bound else None)
                 if cloaker.autocast:
-                    store_unet_in_bf16(components)  # same cloak, 1.7 GB less for SD-1.5
+                    store_unet_in_bf16(components)  # the same cloak in 1.8 GiB less for SD-1.5
         except ModelNotFoundError as err:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(1) from None
