@@ -315,9 +315,10 @@ class _Grid:
         return cached
 
     def class_images(self, mimic: MimicSpec, seed: int) -> torch.Tensor | None:
-        """Prior-preservation class images from the base model (cached per class prompt, count and seed)."""
+        """Prior-preservation class images from the base model (cached per class prompt, count and seed); None when
+        the mimic does not use them (img2img trains nothing)."""
         ft = mimic.finetune
-        if not ft.prior_preservation:
+        if ft is None or not ft.prior_preservation:
             return None
         key = f"{ft.class_prompt}|{ft.num_class_images}|{ft.class_inference_steps}"
         folder = self.out / "images" / "_class" / data.slug(key) / f"seed{seed}"

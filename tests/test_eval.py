@@ -445,6 +445,17 @@ judge = "judge"
     return _write(tmp_path, text.replace('judge = "judge"', f'judge = "{tmp_path}/judge"'))
 
 
+def test_shared_caches_are_prepared_for_a_grid_with_img2img(micro_grid, tmp_path):
+    # Under torchrun rank 0 prepares the caches every rank shares; an img2img mimic has no fine-tune settings.
+    from eval.config import load_config
+    from eval.runner import _Grid, plan
+
+    config = load_config(micro_grid)
+    grid = _Grid(config, tmp_path / "out", "cpu")
+    grid.prepare_shared(plan(config))
+    assert any((tmp_path / "out" / "images").rglob("*.png"))
+
+
 def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     from eval.runner import CSV_COLUMNS, run
 
