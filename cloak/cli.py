@@ -94,7 +94,7 @@ def protect(
     from cloak.methods import METHODS
     from cloak.models import load_components
     from cloak.presets import BASELINES, PRESETS
-    from cloak.protect import CloakConfig, Cloaker, store_unet_in_bf16
+    from cloak.protect import CloakConfig, Cloaker, release_setup_parts, store_unet_in_bf16
 
     if preset not in PRESETS and preset not in BASELINES:
         raise _usage_error(
@@ -134,6 +134,7 @@ def protect(
                 cloaker = Cloaker(components, config, lpips_model=lpips_model if config.lpips_bound else None)
                 if cloaker.autocast:
                     store_unet_in_bf16(components)  # the same cloak in 1.8 GiB less for SD-1.5
+                release_setup_parts(components, cloaker)  # the prompt is encoded: the text encoder can go
         except ModelNotFoundError as err:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(1) from None
@@ -258,7 +259,7 @@ def evaluate(
         help="A TOML file or a built-in config (eval/configs): quick, agreement, baselines, budget8, compare8, gate8, "
         "gate8-sds, gate8-hybrid, suite8, suite8-eot, suite8-sds, suite8-hybrid, subtle, psnr8, robust8, woodcut8, "
         "mimics8, mimics8-robust, worst8, worst8-lite, suite8-default, gate8-default, gate8-impress, mimics8-default, "
-        "transfer, transfer8, paper-style, paper-face.",
+        "gate8-worst, transfer8-default, transfer, transfer8, paper-style, paper-face.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv/json, report.html and run.json."),
     resume: bool = typer.Option(True, help="Skip cells already finished in --out (--no-resume starts afresh)."),

@@ -143,3 +143,34 @@ def test_unet_stored_in_bf16_gives_the_same_cloak_under_autocast(method):
     lean = Cloaker(components, config).protect(rgb, seed=1)
     np.testing.assert_array_equal(lean.image, reference.image)
     assert lean.losses == pytest.approx(reference.losses, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["mist", "advdm", "sds"])
+def test_releasing_the_text_encoder_after_setup_gives_the_same_cloak(method):
+    # `cloak protect` drops the parts a method used only to encode its prompt; the cloak must not change.
+    from tiny_models import make_tiny_components
+
+    from cloak.protect import release_setup_parts
+
+    rgb = np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    config = CloakConfig(method=method, eps=8, steps=3, options={"samples": 2})
+    reference = Cloaker(make_tiny_components(seed=0), config).protect(rgb, seed=1)
+    components = make_tiny_components(seed=0)
+    cloaker = Cloaker(components, config)
+    release_setup_parts(components, cloaker)
+    assert components.text_encoder is None and components.tokenizer is None
+    assert components.unet is not None and components.vae is not None
+    lean = cloaker.protect(rgb, seed=1)
+    np.testing.assert_array_equal(lean.image, reference.image)
+
+
+def test_release_keeps_parts_a_method_uses_while_cloaking(tiny_components):
+    # ASPL fine-tunes with the text encoder at every update; the encoder method has nothing to release.
+    import dataclasses
+
+    from cloak.protect import release_setup_parts
+
+    for method in ("aspl", "encoder"):
+        components = dataclasses.replace(tiny_components)
+        release_setup_parts(components, Cloaker(components, CloakConfig(method=method, eps=8, steps=1)))
+        assert components.text_encoder is tiny_components.text_encoder

@@ -44,6 +44,7 @@ class AdvDM(Objective):
     name: ClassVar[str] = "advdm"
     summary: ClassVar[str] = "AdvDM: maximise the UNet's denoising loss at random timesteps"
     needs: ClassVar[frozenset[str]] = DIFFUSION_PARTS
+    setup_only: ClassVar[frozenset[str]] = frozenset({"text_encoder", "tokenizer"})  # the prompt, encoded once
 
     def __init__(
         self, components: Components, prompt: str = "a painting", samples: int = 1, minimise: bool = False

@@ -61,6 +61,7 @@ class ASPL(AdvDM):
     name: ClassVar[str] = "aspl"
     summary: ClassVar[str] = "Anti-DreamBooth ASPL: AdvDM on a surrogate fine-tuned in alternation"
     update_every: ClassVar[int] = 6  # PGD steps per round (the paper's max_adv_train_steps)
+    setup_only: ClassVar[frozenset[str]] = frozenset()  # its surrogate fine-tune runs the text encoder
 
     def __init__(
         self,

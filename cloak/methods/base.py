@@ -28,6 +28,9 @@ class Objective:
     needs: ClassVar[frozenset[str]]
     #: Call :meth:`update` every this many steps (0: never). ASPL's alternating surrogate fine-tune uses it.
     update_every: ClassVar[int] = 0
+    #: Parts used only while the objective is built (to encode its prompt), never by :meth:`target` or :meth:`loss`:
+    #: whoever owns the components may drop them afterwards (``cloak.protect.release_setup_parts``).
+    setup_only: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, components: Components) -> None:
         missing = sorted(p for p in self.needs if getattr(components, p, None) is None)

@@ -61,6 +61,7 @@ class Mist(EncoderAttack):
     name: ClassVar[str] = "mist"
     summary: ClassVar[str] = "Mist fused: pull the latent toward a target pattern and maximise the denoising loss"
     needs: ClassVar[frozenset[str]] = DIFFUSION_PARTS
+    setup_only: ClassVar[frozenset[str]] = frozenset({"text_encoder", "tokenizer"})  # the prompt, encoded once
 
     def __init__(
         self,
