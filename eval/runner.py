@@ -3,7 +3,9 @@
 A cell is one (artist, defence, attack, mimic, seed). The clean baseline (defence "clean") and the unattacked
 images (attack "none") are always part of the grid. Protected and purified images are cached per (defence,
 seed) and (defence, seed, attack) as PNG files; finished cells are recorded in ``results.json`` after each one
-and skipped on a re-run; a failing cell is recorded with its error and the others go on.
+and skipped on a re-run; a failing cell is recorded with its error and the others go on. Every finished cell is
+also kept in ``cells-archive.json``, so another config run into the same folder reuses each cell whose settings
+(its fingerprint) are the same, whichever configs ran in between.
 
 Under ``torchrun`` / ``accelerate launch`` the cells are shared across the ranks (:func:`share_cells`); each rank
 checkpoints its rows into ``results.part<rank>.json`` and rank 0 merges them into the outputs below at the end.
@@ -82,6 +84,9 @@ CSV_COLUMNS = (
 CELL_ERRORS = (CloakError, RuntimeError, ValueError, OSError)
 GRID_IMAGES = 8  # generations kept per cell for the report
 PART_GLOB = "results.part*.json"  # one rank's checkpoint in a multi-process run (merged into results.json)
+# Every cell ever finished in the folder, whatever config ran it: results.json holds only the last config's grid,
+# so without this a config run into a folder after another one would redo the first one's cells.
+ARCHIVE = "cells-archive.json"
 # Independent random streams per seed (the same for every defence, so conditions are paired).
 _ATTACK, _FINETUNE, _SAMPLE, _CLASS, _CLOAK = range(1, 6)
 
@@ -465,17 +470,41 @@ def _save_strip(path: Path, images: list[np.ndarray]) -> None:
 
 
 def _load_rows(path: Path) -> dict[str, dict[str, Any]]:
+    return {r["key"]: r for r in _load_rows_list(path)}
+
+
+def _archive_id(row: dict[str, Any]) -> str:
+    import json
+
+    return row["key"] + " " + json.dumps(row.get("inputs"), sort_keys=True)
+
+
+def _load_archive(path: Path, prints: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The archived rows of the cells in ``prints`` (key -> fingerprint) finished with the same fingerprint."""
+    archived = {_archive_id(r): r for r in _load_rows_list(path)}
+    wanted = {k: archived.get(_archive_id({"key": k, "inputs": inputs})) for k, inputs in prints.items()}
+    return {k: r for k, r in wanted.items() if r is not None}
+
+
+def _load_rows_list(path: Path) -> list[dict[str, Any]]:
     import json
 
     if not path.is_file():
-        return {}
+        return []
     try:
-        cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+        return json.loads(path.read_text(encoding="utf-8")).get("cells", [])
     except ValueError as err:
         raise ConfigError(
             f"cannot resume from {path}: not valid JSON ({err}); delete it or pass resume=False."
         ) from None
-    return {r["key"]: r for r in cells}
+
+
+def _update_archive(out_dir: Path, rows: dict[str, dict[str, Any]]) -> None:
+    """Add the finished (status ok) ``rows`` to the folder's archive, replacing rows of the same key and inputs."""
+    path = out_dir / ARCHIVE
+    archived = {_archive_id(r): r for r in _load_rows_list(path)}
+    archived.update({_archive_id(r): r for r in rows.values() if r.get("status") == "ok"})
+    atomic_write_json(path, {"cells": list(archived.values())})
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -546,12 +575,13 @@ def run(
     with session(device or config.device) as node:  # under torchrun / accelerate launch: this rank's cells
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         cells = plan(config)
+        prints = {c.key: cell_fingerprint(config, c) for c in cells}
         done = {}
         if resume:
             done = _load_rows(out_dir / "results.json")
             for part in sorted(out_dir.glob(PART_GLOB)):  # rows a stopped multi-process run checkpointed
                 done.update(_load_rows(part))
-        prints = {c.key: cell_fingerprint(config, c) for c in cells}
+            done.update(_load_archive(out_dir / ARCHIVE, prints))  # cells any earlier config finished here
         rows = {k: r for k, r in done.items() if r.get("status") == "ok" and r.get("inputs") == prints.get(k)}
         barrier()  # every rank has read what is done before any rank writes a checkpoint
         run_info = {
@@ -655,4 +685,5 @@ def _write_results(out_dir: Path, config: EvalConfig, cells: list[Cell], rows: d
     ordered = [rows[c.key] for c in cells if c.key in rows]
     summary = summarise(ordered)
     atomic_write_json(out_dir / "results.json", {"config": config.name, "cells": ordered, "summary": summary})
+    _update_archive(out_dir, rows)
     return summary

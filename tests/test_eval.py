@@ -492,6 +492,14 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     assert run(micro_grid, out, progress=False, log=lines.append) == 0
     assert len(lines) == 5 and all("|lora|" in line for line in lines)
 
+    # and back: the folder's archive keeps the first run's cells, though results.json now holds the second grid's
+    micro_grid.write_text(micro_grid.read_text().replace('kind = "lora"\nsteps = 3', 'kind = "lora"\nsteps = 2'))
+    lines.clear()
+    assert run(micro_grid, out, progress=False, log=lines.append) == 0
+    assert lines == []
+    back = json.loads((out / "results.json").read_text())["cells"]
+    assert [c["score"] for c in back] == [c["score"] for c in cells]
+
 
 def test_runner_records_a_failing_cell_and_keeps_the_others(micro_grid, tmp_path):
     from eval.runner import run
