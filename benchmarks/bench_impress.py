@@ -1,0 +1,123 @@
+"""Benchmark: how much of the cloak's pull toward its target pattern is left after a purification (IMPRESS)?
+
+Cloak 0.2's `default` pulls the VAE latent of the image toward the latent of a target pattern (and adds SDS(-)).
+IMPRESS (Cao et al., NeurIPS'23) looks for an image near the cloaked one that the VAE reconstructs faithfully,
+which undoes cloaks that make ``D(E(x))`` differ from ``x``. This prints, for held-out testbed paintings, the
+share of the clean-to-target latent distance the cloak closes ("pull": 1 - ||E(x') - t||^2 / ||E(x) - t||^2,
+posterior means, on the saved 8-bit images) and what is left of it after the purification (the same with both
+images purified: 1 - ||E(P(x')) - t||^2 / ||E(P(x)) - t||^2), the VAE's reconstruction error on the cloaked image
+(RMS, 0-255 units) and the PSNR.
+
+``--consistency MU`` adds a variant of the preset whose objective also carries ``MU * ||D(E(x')) - x'||^2``
+(the reconstruction error IMPRESS minimises), to ask whether a cloak the VAE already reproduces keeps more of its
+pull. That variant is an experiment defined here, not a library method; it costs a VAE decoder forward and
+backward a step.
+
+    python benchmarks/bench_impress.py                                   # the default, IMPRESS, 8 paintings
+    python benchmarks/bench_impress.py --consistency 100 1000 10000      # and three consistency weights
+    python benchmarks/bench_impress.py --attack "blur:sigma=1" --style impasto
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="default", help="a preset pulling toward a target (mist, encoder)")
+    parser.add_argument("--attack", default="impress", help="purification spec (attacks), default IMPRESS")
+    parser.add_argument("--consistency", nargs="*", type=float, default=[], help="weights MU of the variant")
+    parser.add_argument("--n-images", type=int, default=8, help="held-out testbed paintings")
+    parser.add_argument("--style", default="marbling", help="held-out testbed style")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args()
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(args.threads)
+    from attacks import parse_spec
+    from cloak.imageio import to_tensor
+    from cloak.methods import METHODS
+    from cloak.methods.diffusion import DIFFUSION_PARTS
+    from cloak.methods.encoder import EncoderAttack
+    from cloak.models import load_components
+    from cloak.protect import CloakConfig, Cloaker
+    from cloak.testbed.artists import EVAL_SEED_OFFSET, HELD_OUT, paint
+    from cloak.units import from_vae, to_vae, vae_latents
+
+    if args.style not in HELD_OUT:
+        parser.error(f"--style must be a held-out testbed style ({', '.join(HELD_OUT)}), got {args.style!r}")
+    base = CloakConfig.from_preset(args.preset)
+    if not issubclass(METHODS[base.method], EncoderAttack):
+        parser.error(f"preset {args.preset!r} uses {base.method!r}, which pulls toward no target pattern")
+
+    class Consistent(METHODS[base.method]):
+        """The preset's objective plus ``mu`` times the VAE reconstruction error of the cloaked image."""
+
+        name = "bench-consistent"
+        mu = 0.0
+
+        def loss(self, x_adv, target, generator):
+            vae = self.components.vae
+            recon = from_vae(vae.decode(vae.encode(to_vae(x_adv)).latent_dist.mean).sample)
+            return super().loss(x_adv, target, generator) + self.mu * F.mse_loss(recon.float(), x_adv.float())
+
+    METHODS[Consistent.name] = Consistent  # this process only
+    comp = load_components("testbed", parts=DIFFUSION_PARTS, device="cpu")
+    purifier = parse_spec(args.attack, comp)
+    images = [
+        (paint(args.style, EVAL_SEED_OFFSET + i).image * 255).round().astype("uint8") for i in range(args.n_images)
+    ]
+    x = torch.cat([to_tensor(a) for a in images])
+
+    def latents(batch):
+        with torch.no_grad():
+            return vae_latents(comp.vae, batch).float()
+
+    with torch.no_grad():  # the method's own target: the pattern's latent at the image's size
+        target = EncoderAttack(comp, **{k: v for k, v in base.options.items() if k in ("target", "period")}).target(
+            x[:1], torch.Generator()
+        ).float()
+
+    def distance(z):
+        return F.mse_loss(z, target.expand_as(z), reduction="none").mean(dim=(1, 2, 3))
+
+    clean = distance(latents(x))
+    clean_purified = distance(latents(purifier(x, torch.Generator().manual_seed(0))))
+    print(
+        f"testbed, {args.n_images} held-out {args.style} paintings 64 px, preset {args.preset!r} "
+        f"({base.method}, {base.steps} steps, eps {base.eps:g}/255), purification {args.attack!r}, "
+        f"{args.threads} thread(s)"
+    )
+    print("| cloak | pull | pull after purification | share left | VAE recon RMS (0-255) | PSNR (dB) | s/image |")
+    print("|---|---|---|---|---|---|---|")
+    for mu in [None, *args.consistency]:
+        options = dict(base.options)
+        config = CloakConfig.from_preset(args.preset)
+        if mu is not None:
+            Consistent.mu = mu
+            config = CloakConfig(method=Consistent.name, eps=base.eps, steps=base.steps, options=options)
+        cloaker = Cloaker(comp, config)
+        start = time.perf_counter()
+        results = [cloaker.protect(a, seed=i) for i, a in enumerate(images)]
+        seconds = (time.perf_counter() - start) / len(images)
+        cloaked = torch.cat([to_tensor(r.image) for r in results])
+        purified = purifier(cloaked, torch.Generator().manual_seed(0))
+        pull = 1 - distance(latents(cloaked)) / clean
+        left = 1 - distance(latents(purified)) / clean_purified
+        with torch.no_grad():
+            recon = from_vae(comp.vae.decode(comp.vae.encode(to_vae(cloaked)).latent_dist.mean).sample)
+        rms = (recon - cloaked).pow(2).mean().sqrt().item() * 255
+        psnr = sum(r.psnr for r in results) / len(results)
+        label = args.preset if mu is None else f"{args.preset} + {mu:g} x recon error"
+        print(
+            f"| {label} | {pull.mean():.3f} | {left.mean():.3f} | {left.mean() / pull.mean():.2f} | {rms:.2f} "
+            f"| {psnr:.1f} | {seconds:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
