@@ -95,11 +95,10 @@ def main() -> None:
     print("| cloak | pull | pull after purification | share left | VAE recon RMS (0-255) | PSNR (dB) | s/image |")
     print("|---|---|---|---|---|---|---|")
     for mu in [None, *args.consistency]:
-        options = dict(base.options)
-        config = CloakConfig.from_preset(args.preset)
+        config = base
         if mu is not None:
             Consistent.mu = mu
-            config = CloakConfig(method=Consistent.name, eps=base.eps, steps=base.steps, options=options)
+            config = CloakConfig(method=Consistent.name, eps=base.eps, steps=base.steps, options=dict(base.options))
         cloaker = Cloaker(comp, config)
         start = time.perf_counter()
         results = [cloaker.protect(a, seed=i) for i, a in enumerate(images)]

@@ -84,14 +84,12 @@ def run_one(
     import numpy as np
 
     from cloak.methods import METHODS
-    from cloak.protect import CloakConfig, Cloaker, release_setup_parts, store_unet_in_bf16
+    from cloak.protect import CloakConfig, Cloaker, slim_for_cloaking
 
     config = CloakConfig.from_preset(preset, steps=steps, options=options or None)
     components = sd15_components(seed, diffusion="unet" in METHODS[config.method].needs)
     cloaker = Cloaker(components, config)
-    if cloaker.autocast and not float32:
-        store_unet_in_bf16(components)  # as `cloak protect` does
-    release_setup_parts(components, cloaker)  # as `cloak protect` does
+    slim_for_cloaking(components, cloaker, bf16_unet=not float32)  # as `cloak protect` does
     rgb = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     start = time.perf_counter()
     result = cloaker.protect(rgb, seed=seed)

@@ -157,6 +157,16 @@ def release_setup_parts(components: Components, cloaker: Cloaker) -> None:
         setattr(components, part, None)
 
 
+def slim_for_cloaking(components: Components, cloaker: Cloaker, *, bf16_unet: bool = True) -> None:
+    """What `cloak protect` does to components that serve one :class:`Cloaker` only: the UNet's weights in bf16 when
+    it runs under bf16 autocast (:func:`store_unet_in_bf16`; ``bf16_unet=False`` keeps float32, to measure what that
+    saves), and the parts its method used only while it was built dropped (:func:`release_setup_parts`). The cloak
+    is unchanged."""
+    if cloaker.autocast and bf16_unet:
+        store_unet_in_bf16(components)
+    release_setup_parts(components, cloaker)
+
+
 class Cloaker:
     """Cloak images with one method and one set of loaded model parts.
 
