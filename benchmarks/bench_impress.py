@@ -8,27 +8,32 @@ posterior means, on the saved 8-bit images) and what is left of it after the pur
 images purified: 1 - ||E(P(x')) - t||^2 / ||E(P(x)) - t||^2), the VAE's reconstruction error on the cloaked image
 (RMS, 0-255 units) and the PSNR.
 
-``--consistency MU`` adds a variant of the preset whose objective also carries ``MU * ||D(E(x')) - x'||^2``
-(the reconstruction error IMPRESS minimises), to ask whether a cloak the VAE already reproduces keeps more of its
-pull. That variant is an experiment defined here, not a library method; it costs a VAE decoder forward and
-backward a step.
+``--attack`` takes several purifications (a column each). ``--smooth SIGMA`` adds a variant of the preset whose
+optimiser low-passes its start and gradients (``CloakConfig.smooth``). ``--consistency MU`` adds a variant of the
+preset whose objective also carries ``MU * ||D(E(x')) - x'||^2`` (the reconstruction error IMPRESS minimises), to
+ask whether a cloak the VAE already reproduces keeps more of its pull. That variant is an experiment defined here,
+not a library method; it costs a VAE decoder forward and backward a step.
 
     python benchmarks/bench_impress.py                                   # the default, IMPRESS, 8 paintings
     python benchmarks/bench_impress.py --consistency 100 1000 10000      # and three consistency weights
     python benchmarks/bench_impress.py --attack "blur:sigma=1" --style impasto
+    python benchmarks/bench_impress.py --attack blur:sigma=1 resize:factor=0.5 jpeg:quality=75 impress \
+        --smooth 0.5 0.7 1                                                # low-passed variants, four purifications
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", help="a preset pulling toward a target (mist, encoder)")
-    parser.add_argument("--attack", default="impress", help="purification spec (attacks), default IMPRESS")
+    parser.add_argument("--attack", nargs="+", default=["impress"], help="purification specs (attacks)")
     parser.add_argument("--consistency", nargs="*", type=float, default=[], help="weights MU of the variant")
+    parser.add_argument("--smooth", nargs="*", type=float, default=[], help="sigmas (px) of the low-passed variant")
     parser.add_argument("--n-images", type=int, default=8, help="held-out testbed paintings")
     parser.add_argument("--style", default="marbling", help="held-out testbed style")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -67,7 +72,7 @@ def main() -> None:
 
     METHODS[Consistent.name] = Consistent  # this process only
     comp = load_components("testbed", parts=DIFFUSION_PARTS, device="cpu")
-    purifier = parse_spec(args.attack, comp)
+    purifiers = {spec: parse_spec(spec, comp) for spec in args.attack}
     images = [
         (paint(args.style, EVAL_SEED_OFFSET + i).image * 255).round().astype("uint8") for i in range(args.n_images)
     ]
@@ -85,37 +90,41 @@ def main() -> None:
     def distance(z):
         return F.mse_loss(z, target.expand_as(z), reduction="none").mean(dim=(1, 2, 3))
 
+    def purify(spec, batch):
+        return purifiers[spec](batch, torch.Generator().manual_seed(0))
+
     clean = distance(latents(x))
-    clean_purified = distance(latents(purifier(x, torch.Generator().manual_seed(0))))
+    clean_purified = {spec: distance(latents(purify(spec, x))) for spec in args.attack}
     print(
         f"testbed, {args.n_images} held-out {args.style} paintings 64 px, preset {args.preset!r} "
-        f"({base.method}, {base.steps} steps, eps {base.eps:g}/255), purification {args.attack!r}, "
-        f"{args.threads} thread(s)"
+        f"({base.method}, {base.steps} steps, eps {base.eps:g}/255), {args.threads} thread(s); "
+        "after each purification: pull (share of the unpurified pull left)"
     )
-    print("| cloak | pull | pull after purification | share left | VAE recon RMS (0-255) | PSNR (dB) | s/image |")
-    print("|---|---|---|---|---|---|---|")
-    for mu in [None, *args.consistency]:
-        config = base
-        if mu is not None:
-            Consistent.mu = mu
-            config = CloakConfig(method=Consistent.name, eps=base.eps, steps=base.steps, options=dict(base.options))
+    print(f"| cloak | pull | {' | '.join(args.attack)} | VAE recon RMS (0-255) | PSNR (dB) | s/image |")
+    print("|---|---|" + "---|" * len(args.attack) + "---|---|---|")
+    variants = [(args.preset, base)]
+    variants += [(f"{args.preset}, smooth {sigma:g}", replace(base, smooth=sigma)) for sigma in args.smooth]
+    for mu in args.consistency:
+        config = CloakConfig(method=Consistent.name, eps=base.eps, steps=base.steps, options=dict(base.options))
+        variants.append((f"{args.preset} + {mu:g} x recon error", (mu, config)))
+    for label, config in variants:
+        if isinstance(config, tuple):
+            Consistent.mu, config = config
         cloaker = Cloaker(comp, config)
         start = time.perf_counter()
         results = [cloaker.protect(a, seed=i) for i, a in enumerate(images)]
         seconds = (time.perf_counter() - start) / len(images)
         cloaked = torch.cat([to_tensor(r.image) for r in results])
-        purified = purifier(cloaked, torch.Generator().manual_seed(0))
         pull = 1 - distance(latents(cloaked)) / clean
-        left = 1 - distance(latents(purified)) / clean_purified
+        after = []
+        for spec in args.attack:
+            left = (1 - distance(latents(purify(spec, cloaked))) / clean_purified[spec]).mean()
+            after.append(f"{left:.3f} ({left / pull.mean():.2f})")
         with torch.no_grad():
             recon = from_vae(comp.vae.decode(comp.vae.encode(to_vae(cloaked)).latent_dist.mean).sample)
         rms = (recon - cloaked).pow(2).mean().sqrt().item() * 255
         psnr = sum(r.psnr for r in results) / len(results)
-        label = args.preset if mu is None else f"{args.preset} + {mu:g} x recon error"
-        print(
-            f"| {label} | {pull.mean():.3f} | {left.mean():.3f} | {left.mean() / pull.mean():.2f} | {rms:.2f} "
-            f"| {psnr:.1f} | {seconds:.1f} |"
-        )
+        print(f"| {label} | {pull.mean():.3f} | {' | '.join(after)} | {rms:.2f} | {psnr:.1f} | {seconds:.1f} |")
 
 
 if __name__ == "__main__":

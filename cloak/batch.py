@@ -199,6 +199,7 @@ def run_job(
             "method": cfg.method,
             "eps": cfg.eps,
             "min_psnr": cfg.min_psnr,
+            "smooth": cfg.smooth,
             "steps": cfg.steps,
             "seed": seed,
             "eot": list(cfg.eot),

@@ -83,6 +83,9 @@ def protect(
     min_psnr: float | None = typer.Option(
         None, help="Also keep PSNR to the original at or above this many dB (e.g. 35; overrides the preset)."
     ),
+    smooth: float | None = typer.Option(
+        None, help="Low-pass the cloak: Gaussian sigma, px as the model sees the image (e.g. 0.7; overrides preset)."
+    ),
     strip_gps: bool = typer.Option(False, help="Remove GPS location tags from the copied EXIF."),
 ) -> None:
     """Cloak images so that fine-tuning or img2img on them fails to copy the style."""
@@ -106,7 +109,7 @@ def protect(
     try:
         config = CloakConfig.from_preset(
             preset, method=method, eps=eps, steps=steps, eot=tuple(eot) or None, lpips_bound=lpips_bound,
-            min_psnr=min_psnr, options={"target": target} if target else None,
+            min_psnr=min_psnr, smooth=smooth, options={"target": target} if target else None,
         )
     except ConfigError as err:
         raise _usage_error(str(err)) from None
@@ -257,7 +260,8 @@ def evaluate(
         help="A TOML file or a built-in config (eval/configs): quick, agreement, baselines, budget8, compare8, gate8, "
         "gate8-sds, gate8-hybrid, suite8, suite8-eot, suite8-sds, suite8-hybrid, subtle, psnr8, robust8, woodcut8, "
         "mimics8, mimics8-robust, worst8, worst8-lite, suite8-default, gate8-default, gate8-impress, mimics8-default, "
-        "gate8-worst, gate8-blur, transfer8-default, transfer, transfer8, paper-style, paper-face.",
+        "gate8-worst, gate8-blur, transfer8-default, suite8-smooth, psnr8-default, transfer, transfer8, paper-style, "
+        "paper-face.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv/json, report.html and run.json."),
     resume: bool = typer.Option(True, help="Skip cells already finished in --out (--no-resume starts afresh)."),

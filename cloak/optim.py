@@ -10,6 +10,10 @@ With a PSNR floor (``min_psnr``) the perturbation is also held to an L2 ball (RM
 L-inf one. Signed steps would spread the change evenly over every pixel and waste that budget, so the step becomes
 the gradient normalised to unit RMS: pixels where the loss is most sensitive get most of the change (the L2 form of
 PGD, Madry et al. 2018), and the L-inf cap still bounds any one pixel.
+
+With ``smooth`` (a Gaussian sigma, px) the random start and every step's gradient are low-passed before the step
+is taken, so the perturbation is built from structures a few pixels wide instead of pixel-to-pixel noise: blur,
+downscaling and JPEG, which remove the finest frequencies, leave more of it (README, "At 8/255").
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from cloak.errors import ConfigError
+from cloak.transforms import lowpass
 from cloak.units import eps_to_unit
 
 
@@ -35,6 +40,8 @@ class PGDConfig:
             lets a short run cross the budget and a long one refine. Decays with a cosine to a tenth.
         random_start: start from uniform noise in the budget instead of zero (breaks symmetric gradients).
         min_psnr: optional PSNR floor in dB (peak 255) on top of the L-inf budget; ``None`` = L-inf only.
+        smooth: optional Gaussian sigma, px of the perturbation, by which the random start and each gradient are
+            low-passed; ``None`` = none.
     """
 
     eps: float = 8.0
@@ -42,6 +49,7 @@ class PGDConfig:
     step_size: float | None = None
     random_start: bool = True
     min_psnr: float | None = None
+    smooth: float | None = None
 
     def __post_init__(self) -> None:
         eps_to_unit(self.eps)
@@ -55,6 +63,9 @@ class PGDConfig:
             # Below 20*log10(255/eps) the L-inf budget is the tighter bound; above ~60 dB nothing survives rounding.
             if not 20.0 <= self.min_psnr <= 60.0:
                 raise ConfigError(f"`min_psnr` must be between 20 and 60 dB, got {self.min_psnr}.")
+        if self.smooth is not None:
+            if isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float)) or not self.smooth > 0:
+                raise ConfigError(f"`smooth` must be a positive Gaussian sigma in px, got {self.smooth!r}.")
 
     @property
     def max_rms(self) -> float | None:
@@ -114,8 +125,11 @@ def pgd(
     eps = eps_to_unit(config.eps)
     shape = tuple(delta_shape) if delta_shape is not None else tuple(x.shape)
     if config.random_start:
-        delta = (torch.rand(shape, generator=generator, dtype=torch.float32) * 2 - 1) * eps
-        delta = delta.to(device=x.device, dtype=x.dtype)
+        noise = torch.rand(shape, generator=generator, dtype=torch.float32) * 2 - 1
+        if config.smooth is not None:  # smooth noise, stretched back to fill the budget
+            noise = lowpass(noise, config.smooth)
+            noise = noise / noise.abs().amax().clamp_min(1e-12)
+        delta = (noise * eps).to(device=x.device, dtype=x.dtype)
     else:
         delta = torch.zeros(shape, device=x.device, dtype=x.dtype)
     delta = _project(x, delta, eps, config.max_rms)
@@ -127,10 +141,11 @@ def pgd(
         if delta.grad is None:
             raise RuntimeError("the loss does not depend on the image: no gradient reached the perturbation")
         with torch.no_grad():
+            grad = delta.grad if config.smooth is None else lowpass(delta.grad, config.smooth)
             if config.max_rms is None:
-                direction = delta.grad.sign()
+                direction = grad.sign()
             else:
-                direction = delta.grad / _rms(delta.grad).clamp_min(1e-12)
+                direction = grad / _rms(grad).clamp_min(1e-12)
             delta = delta - config.step_at(i) * direction
             delta = _project(x, delta, eps, config.max_rms)
         if callback is not None:

@@ -29,6 +29,7 @@ class Preset:
         options: method-specific keyword arguments.
         lpips_bound: optional LPIPS hinge bound (needs LPIPS weights).
         min_psnr: optional PSNR floor, dB, on top of ``eps`` (``cloak.optim``).
+        smooth: optional Gaussian sigma, px as the model sees the image, of the optimiser's low-pass (``cloak.optim``).
         reference: where the settings come from (baselines).
     """
 
@@ -39,6 +40,7 @@ class Preset:
     options: dict[str, Any] = field(default_factory=dict)
     lpips_bound: float | None = None
     min_psnr: float | None = None
+    smooth: float | None = None
     reference: str = ""
 
 

@@ -44,6 +44,8 @@ class CloakConfig:
         max_side: largest view side evaluated at once, px; bounds memory (``cloak.views``).
         autocast: run the model under bf16 autocast; ``None`` = on for CPUs with native bf16 (2.4x faster there).
         min_psnr: optional PSNR floor, dB, on top of ``eps`` (``cloak.optim``), enforced on the saved 8-bit file.
+        smooth: optional Gaussian sigma, px as the model sees the image, by which the optimiser low-passes its
+            random start and gradients (``cloak.optim``), so that blur and downscaling leave more of the cloak.
         options: method-specific keyword arguments, e.g. ``{"target": "checker"}``.
     """
 
@@ -58,6 +60,7 @@ class CloakConfig:
     max_side: int = 768
     autocast: bool | None = None
     min_psnr: float | None = None
+    smooth: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,6 +80,7 @@ class CloakConfig:
             steps=p.steps,
             lpips_bound=p.lpips_bound,
             min_psnr=p.min_psnr,
+            smooth=p.smooth,
             options=dict(p.options),
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -93,6 +97,7 @@ class CloakConfig:
             step_size=self.step_size,
             random_start=self.random_start,
             min_psnr=self.min_psnr,
+            smooth=self.smooth,
         )
 
 
@@ -254,7 +259,10 @@ class Cloaker:
             return total / len(views)
 
         shape = (1, 1, *x.shape[-2:]) if grey else tuple(x.shape)
-        result = pgd(closure, x, cfg.pgd(), generator, delta_shape=shape, callback=callback)
+        pgd_config = cfg.pgd()
+        if cfg.smooth is not None:  # sigma as the model sees the image -> px of the file
+            pgd_config = replace(pgd_config, smooth=cfg.smooth * x.shape[-2] / views[0].size[0])
+        result = pgd(closure, x, pgd_config, generator, delta_shape=shape, callback=callback)
         image, delta = quantise(rgb, result.delta, cfg.eps, min_psnr=cfg.min_psnr)
         return CloakResult(
             image=image,

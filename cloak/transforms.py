@@ -71,12 +71,29 @@ def gaussian_blur(x: Tensor, kernel_size: int, sigma: float) -> Tensor:
     radius = kernel_size // 2
     if radius >= min(x.shape[-2:]):
         raise ConfigError(f"`kernel_size` {kernel_size} is too large for a {x.shape[-2]}x{x.shape[-1]} image.")
+    return _separable_gaussian(x, radius, sigma)
+
+
+def lowpass(t: Tensor, sigma: float) -> Tensor:
+    """Gaussian low-pass of any ``(B, C, H, W)`` float field (a perturbation, a gradient), reflect padding.
+
+    The kernel reaches 3 sigma (cut to the image's size). Unlike :func:`gaussian_blur` the values need not be
+    pixels and ``C`` may be 1 (a greyscale image's perturbation).
+    """
+    if not sigma > 0:
+        raise ConfigError(f"`sigma` must be > 0 (px), got {sigma!r}.")
+    radius = min(math.ceil(3.0 * sigma), min(t.shape[-2:]) - 1)
+    return t if radius < 1 else _separable_gaussian(t, radius, sigma)
+
+
+def _separable_gaussian(x: Tensor, radius: int, sigma: float) -> Tensor:
+    channels, size = x.shape[1], 2 * radius + 1
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-(offsets**2) / (2.0 * sigma**2))
     k = k / k.sum()
     y = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(3, 1, 1, kernel_size), groups=3)  # along W
-    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(3, 1, kernel_size, 1), groups=3)  # along H
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(channels, 1, 1, size), groups=channels)  # along W
+    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(channels, 1, size, 1), groups=channels)  # along H
     return y
 
 
@@ -347,6 +364,7 @@ __all__ = [
     "gaussian_noise",
     "jpeg_differentiable",
     "jpeg_quant_tables",
+    "lowpass",
     "parse_eot",
     "resize_down_up",
     "sample_eot",

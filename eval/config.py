@@ -96,6 +96,10 @@ class ArtistSpec:
     n_heldout: int = 32
 
 
+_LATER_OPTIONS = ("smooth",)
+"""DefenceSpec fields added after results were first cached; left out of fingerprints while unset."""
+
+
 @dataclass(frozen=True)
 class DefenceSpec:
     """One protection: a cloak computed here, or another tool's output read from a folder.
@@ -112,6 +116,7 @@ class DefenceSpec:
             the artist's name. None for a cloak computed here.
         lpips_bound: optional LPIPS hinge bound of the cloak (needs LPIPS weights).
         min_psnr: optional PSNR floor of the cloak, dB, on top of ``eps``.
+        smooth: optional Gaussian sigma of the optimiser's low-pass, px as the model sees the image (``cloak.optim``).
         preset: the ``cloak.presets`` name the settings came from (an artist preset or a published baseline),
             or None.
         surrogate: the model the cloak is computed against, when it is not the grid's ``model`` (a transfer
@@ -130,6 +135,13 @@ class DefenceSpec:
     min_psnr: float | None = None
     preset: str | None = None
     surrogate: str | None = None
+    smooth: float | None = None
+
+    def __fingerprint__(self) -> dict[str, Any]:
+        """What the cached results are keyed by: every field, except options added since results were first
+        cached (``smooth``) while they are unset, so that adding an option does not invalidate every stored cell."""
+        values = dataclasses.asdict(self)
+        return {k: v for k, v in values.items() if not (k in _LATER_OPTIONS and v is None)}
 
     def cloak_config(self):
         """The ``cloak.protect.CloakConfig`` of a cloak computed here."""
@@ -143,6 +155,7 @@ class DefenceSpec:
             eot=self.eot,
             lpips_bound=self.lpips_bound,
             min_psnr=self.min_psnr,
+            smooth=self.smooth,
             options=dict(self.options),
         )
 
@@ -441,7 +454,7 @@ def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
 
     if "precomputed" in values:
         raise ConfigError(f"{where}: give either `preset` or `precomputed`, not both.")
-    keys = ("method", "eps", "steps", "step_size", "eot", "lpips_bound", "min_psnr", "options")
+    keys = ("method", "eps", "steps", "step_size", "eot", "lpips_bound", "min_psnr", "smooth", "options")
     try:
         cfg = CloakConfig.from_preset(values["preset"], **{k: values[k] for k in keys if k in values})
     except ConfigError as err:
@@ -449,7 +462,8 @@ def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
     if "name" not in values:
         overridden = {"method", "eps", "steps"} & set(values)
         values["name"] = f"{values['preset']}-{cfg.eps:g}" if overridden else values["preset"]
-    return {**values, **{k: getattr(cfg, k) for k in ("method", "eps", "steps", "lpips_bound", "min_psnr", "options")}}
+    settings = ("method", "eps", "steps", "lpips_bound", "min_psnr", "smooth", "options")
+    return {**values, **{k: getattr(cfg, k) for k in settings}}
 
 
 def _mimic(t: dict[str, Any], where: str) -> list[MimicSpec]:

@@ -123,8 +123,15 @@ INPUTS_FILE = "inputs.json"
 
 
 def fingerprint(obj: Any) -> str:
-    """A short stable hash of JSON-able settings (dataclasses included)."""
-    text = json.dumps(obj, sort_keys=True, default=lambda o: asdict(o) if is_dataclass(o) else str(o))
+    """A short stable hash of JSON-able settings (dataclasses included; one with a ``__fingerprint__`` method is
+    hashed by what that returns)."""
+
+    def encode(o: Any) -> Any:
+        if hasattr(o, "__fingerprint__"):
+            return o.__fingerprint__()
+        return asdict(o) if is_dataclass(o) else str(o)
+
+    text = json.dumps(obj, sort_keys=True, default=encode)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 

@@ -94,15 +94,27 @@ def test_all_good_exits_zero_and_overwrite_redoes(tmp_path, tiny_model_dir):
     assert not (out / "protected").exists()
 
 
-def test_min_psnr_holds_on_the_saved_file_and_is_recorded(tmp_path, tiny_model_dir):
+def _protect_one(tmp_path, model_dir, *options):
+    """Cloak one 32x32 noise image into tmp_path/out with ``options``; returns the output folder and its sidecar."""
     Image.fromarray(_noise(32, 32)).save(tmp_path / "a.png")
     out = tmp_path / "out"
-    result = _protect(tmp_path / "a.png", "--out", out, "--model", tiny_model_dir, "--steps", "3", "--min-psnr", "38")
+    result = _protect(tmp_path / "a.png", "--out", out, "--model", model_dir, *options)
     assert result.exit_code == 0, result.output
-    record = json.loads((out / "a.cloak.json").read_text())
+    return out, json.loads((out / "a.cloak.json").read_text())
+
+
+def test_min_psnr_holds_on_the_saved_file_and_is_recorded(tmp_path, tiny_model_dir):
+    out, record = _protect_one(tmp_path, tiny_model_dir, "--steps", "3", "--min-psnr", "38")
     assert record["min_psnr"] == 38 and record["psnr"] >= 38 and record["linf"] <= 8
     src, got = (np.asarray(Image.open(p)).astype(float) for p in (tmp_path / "a.png", out / "a.png"))
     assert 10 * np.log10(255**2 / np.mean((src - got) ** 2)) >= 38
+
+
+def test_smooth_is_passed_and_recorded(tmp_path, tiny_model_dir):
+    _, record = _protect_one(tmp_path, tiny_model_dir, "--steps", "2", "--smooth", "0.7")
+    assert record["smooth"] == 0.7 and 1 <= record["linf"] <= 8
+    bad = _protect(tmp_path / "a.png", "--out", tmp_path / "o2", "--model", tiny_model_dir, "--smooth", "-1")
+    assert bad.exit_code != 0 and "`smooth` must be a positive Gaussian sigma" in bad.output
 
 
 def test_never_writes_over_an_input(tmp_path, tiny_model_dir):

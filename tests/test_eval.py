@@ -347,6 +347,23 @@ def test_config_errors_name_the_key(tmp_path, text, message):
     assert "grid.toml" in str(info.value)
 
 
+def test_smooth_defence_and_fingerprints_of_unset_later_options(tmp_path):
+    import dataclasses
+
+    from eval.data import fingerprint
+
+    text = MINIMAL + (
+        "[[defences]]\npreset = 'default'\nname = 'ours'\n"
+        "[[defences]]\npreset = 'default'\nname = 'soft'\nsmooth = 0.7\n"
+    )
+    ours, soft = load_config(_write(tmp_path, text)).defences
+    assert ours.smooth is None and soft.smooth == 0.7 and soft.cloak_config().smooth == 0.7
+    # cells cached before `smooth` existed keep their fingerprint; setting it makes a different cell
+    before = {k: v for k, v in dataclasses.asdict(ours).items() if k != "smooth"}
+    assert fingerprint({"defence": ours}) == fingerprint({"defence": before})
+    assert fingerprint({"defence": soft}) != fingerprint({"defence": dataclasses.replace(soft, smooth=None)})
+
+
 def test_config_unknown_file_or_name():
     with pytest.raises(ConfigError, match="built-in name"):
         load_config("no-such-grid")

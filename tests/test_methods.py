@@ -127,6 +127,25 @@ def test_eot_draws_a_fresh_transform_per_step_and_keeps_the_budget(tiny_componen
     assert 1 <= result.linf <= 8
 
 
+def test_smooth_is_in_model_pixels_and_keeps_the_budget(tiny_components, monkeypatch):
+    import cloak.protect
+
+    seen = []
+    real = cloak.protect.pgd
+
+    def recording(closure, x, config, generator, **kw):
+        seen.append(config.smooth)
+        return real(closure, x, config, generator, **kw)
+
+    monkeypatch.setattr(cloak.protect, "pgd", recording)
+    cfg = CloakConfig(eps=8, steps=2, smooth=0.7)
+    small = Cloaker(tiny_components, cfg).protect(_image(24, 32))  # under the model's 32 px: seen as is
+    large = Cloaker(tiny_components, cfg).protect(_image(96, 128))  # resized by 1/3 for the model
+    assert seen == [pytest.approx(0.7), pytest.approx(0.7 * 3)]
+    assert 1 <= small.linf <= 8 and 1 <= large.linf <= 8
+    assert CloakConfig.from_preset("fast", smooth=1.5).pgd().smooth == 1.5
+
+
 @pytest.mark.parametrize("method", ["mist", "advdm"])
 def test_unet_stored_in_bf16_gives_the_same_cloak_under_autocast(method):
     # store_unet_in_bf16 is only sound because bf16 autocast already runs the UNet's layers in bf16.

@@ -113,6 +113,41 @@ def test_psnr_floor_is_validated():
     assert PGDConfig().max_rms is None
 
 
+def _high_frequency_share(delta: torch.Tensor) -> float:
+    """Share of the perturbation's energy above a quarter of the sampling frequency."""
+    spectrum = torch.fft.fft2(delta).abs() ** 2
+    f = torch.fft.fftfreq(delta.shape[-1]).abs()
+    high = (f.view(-1, 1) > 0.25) | (f.view(1, -1) > 0.25)
+    return float(spectrum[..., high].sum() / spectrum.sum())
+
+
+def test_smooth_builds_a_low_frequency_perturbation_that_still_minimises():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 32, 32, generator=g) * 0.5 + 0.25
+    noise = torch.randn(1, 3, 32, 32, generator=g)  # a loss whose raw gradient is white noise
+
+    def closure(x_adv):
+        loss = (noise * x_adv).mean()
+        loss.backward()
+        return float(loss.detach())
+
+    plain = pgd(closure, x, PGDConfig(eps=8, steps=8), torch.Generator().manual_seed(1))
+    smooth = pgd(closure, x, PGDConfig(eps=8, steps=8, smooth=1.0), torch.Generator().manual_seed(1))
+    assert smooth.delta.abs().max() <= 8 / 255 + 1e-7
+    assert smooth.losses[-1] < smooth.losses[0]
+    assert _high_frequency_share(plain.delta) > 0.6  # sign of white noise: as white
+    assert _high_frequency_share(smooth.delta) < 0.5 * _high_frequency_share(plain.delta)
+    # greyscale perturbations (one channel) are low-passed too
+    grey = pgd(closure, x, PGDConfig(eps=8, steps=2, smooth=1.0), torch.Generator(), delta_shape=(1, 1, 32, 32))
+    assert grey.delta.shape == (1, 1, 32, 32)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, True, "1"])
+def test_smooth_is_validated(bad):
+    with pytest.raises(ConfigError, match="`smooth` must be a positive Gaussian sigma"):
+        PGDConfig(smooth=bad)
+
+
 def test_quantise_meets_the_psnr_floor_after_rounding():
     rgb = np.full((8, 8, 3), 128, np.uint8)
     # 0.6/255 everywhere rounds up to 1/255 (48.1 dB); a 50 dB floor must shrink it until rounding leaves it met.
