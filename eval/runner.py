@@ -582,6 +582,8 @@ def run(
             for part in sorted(out_dir.glob(PART_GLOB)):  # rows a stopped multi-process run checkpointed
                 done.update(_load_rows(part))
             done.update(_load_archive(out_dir / ARCHIVE, prints))  # cells any earlier config finished here
+            if node.is_main:  # a folder written before the archive existed: keep its results.json's cells too
+                _update_archive(out_dir, done)
         rows = {k: r for k, r in done.items() if r.get("status") == "ok" and r.get("inputs") == prints.get(k)}
         barrier()  # every rank has read what is done before any rank writes a checkpoint
         run_info = {

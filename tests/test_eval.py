@@ -517,6 +517,15 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     back = json.loads((out / "results.json").read_text())["cells"]
     assert [c["score"] for c in back] == [c["score"] for c in cells]
 
+    # a folder from before the archive existed: what its results.json holds is archived before it is overwritten
+    (out / "cells-archive.json").unlink()
+    micro_grid.write_text(micro_grid.read_text().replace('kind = "lora"\nsteps = 2', 'kind = "lora"\nsteps = 3'))
+    assert run(micro_grid, out, progress=False, log=lines.append) == 0
+    micro_grid.write_text(micro_grid.read_text().replace('kind = "lora"\nsteps = 3', 'kind = "lora"\nsteps = 2'))
+    lines.clear()
+    assert run(micro_grid, out, progress=False, log=lines.append) == 0
+    assert lines == []
+
 
 def test_runner_records_a_failing_cell_and_keeps_the_others(micro_grid, tmp_path):
     from eval.runner import run
