@@ -261,7 +261,7 @@ def evaluate(
         "gate8-sds, gate8-hybrid, suite8, suite8-eot, suite8-sds, suite8-hybrid, subtle, psnr8, robust8, woodcut8, "
         "mimics8, mimics8-robust, worst8, worst8-lite, suite8-default, gate8-default, gate8-impress, mimics8-default, "
         "gate8-worst, gate8-blur, transfer8-default, suite8-smooth, psnr8-default, gate8-seeds, worst8-enc12, "
-        "transfer, transfer8, paper-style, paper-face.",
+        "suite8-enc12, transfer, transfer8, paper-style, paper-face.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for results.csv/json, report.html and run.json."),
     resume: bool = typer.Option(True, help="Skip cells already finished in --out (--no-resume starts afresh)."),
