@@ -22,7 +22,7 @@ from attacks.base import Purifier, seeded
 from cloak.errors import ConfigError
 from cloak.specs import Param
 from cloak.transforms import gaussian_noise
-from cloak.units import eps_to_unit, from_vae, to_lpips, vae_latents, vae_scale_factor
+from cloak.units import eps_to_unit, from_vae, to_lpips, vae_latents, vae_roundtrip, vae_scale_factor
 from cloak.views import plan_views, render_view
 
 if TYPE_CHECKING:
@@ -358,7 +358,7 @@ def impress(
             loss = 0.0
             for view in views:
                 seen = render_view(x_pur, view)
-                recon = from_vae(vae.decode(vae_latents(vae, seen) / vae.config.scaling_factor).sample)
+                recon = vae_roundtrip(vae, seen)
                 loss = loss + (recon - seen).pow(2).mean() / len(views)
             if lpips_model is not None:
                 distance = lpips_model(to_lpips(x_pur), to_lpips(target)).mean()

@@ -51,7 +51,7 @@ def main() -> None:
     from cloak.models import load_components
     from cloak.protect import CloakConfig, Cloaker
     from cloak.testbed.artists import EVAL_SEED_OFFSET, HELD_OUT, paint
-    from cloak.units import from_vae, to_vae, vae_latents
+    from cloak.units import vae_latents, vae_roundtrip
 
     if args.style not in HELD_OUT:
         parser.error(f"--style must be a held-out testbed style ({', '.join(HELD_OUT)}), got {args.style!r}")
@@ -60,14 +60,16 @@ def main() -> None:
         parser.error(f"preset {args.preset!r} uses {base.method!r}, which pulls toward no target pattern")
 
     class Consistent(METHODS[base.method]):
-        """The preset's objective plus ``mu`` times the VAE reconstruction error of the cloaked image."""
+        """The preset's objective plus ``mu`` (an option) times the VAE reconstruction error of the cloaked image."""
 
         name = "bench-consistent"
-        mu = 0.0
+
+        def __init__(self, components, mu: float = 0.0, **options):
+            super().__init__(components, **options)
+            self.mu = mu
 
         def loss(self, x_adv, target, generator):
-            vae = self.components.vae
-            recon = from_vae(vae.decode(vae.encode(to_vae(x_adv)).latent_dist.mean).sample)
+            recon = vae_roundtrip(self.components.vae, x_adv)
             return super().loss(x_adv, target, generator) + self.mu * F.mse_loss(recon.float(), x_adv.float())
 
     METHODS[Consistent.name] = Consistent  # this process only
@@ -105,11 +107,9 @@ def main() -> None:
     variants = [(args.preset, base)]
     variants += [(f"{args.preset}, smooth {sigma:g}", replace(base, smooth=sigma)) for sigma in args.smooth]
     for mu in args.consistency:
-        config = CloakConfig(method=Consistent.name, eps=base.eps, steps=base.steps, options=dict(base.options))
-        variants.append((f"{args.preset} + {mu:g} x recon error", (mu, config)))
+        consistent = replace(base, method=Consistent.name, options={**base.options, "mu": mu})
+        variants.append((f"{args.preset} + {mu:g} x recon error", consistent))
     for label, config in variants:
-        if isinstance(config, tuple):
-            Consistent.mu, config = config
         cloaker = Cloaker(comp, config)
         start = time.perf_counter()
         results = [cloaker.protect(a, seed=i) for i, a in enumerate(images)]
@@ -121,7 +121,7 @@ def main() -> None:
             left = (1 - distance(latents(purify(spec, cloaked))) / clean_purified[spec]).mean()
             after.append(f"{left:.3f} ({left / pull.mean():.2f})")
         with torch.no_grad():
-            recon = from_vae(comp.vae.decode(comp.vae.encode(to_vae(cloaked)).latent_dist.mean).sample)
+            recon = vae_roundtrip(comp.vae, cloaked)
         rms = (recon - cloaked).pow(2).mean().sqrt().item() * 255
         psnr = sum(r.psnr for r in results) / len(results)
         print(f"| {label} | {pull.mean():.3f} | {' | '.join(after)} | {rms:.2f} | {psnr:.1f} | {seconds:.1f} |")

@@ -78,3 +78,14 @@ def vae_latents(vae, x: torch.Tensor, generator: torch.Generator | None = None) 
     dist = vae.encode(to_vae(x)).latent_dist
     z = dist.mean if generator is None else dist.sample(generator=generator)
     return z * vae.config.scaling_factor
+
+
+def vae_roundtrip(vae, x: torch.Tensor) -> torch.Tensor:
+    """``D(E[q(z|x)])``: a [0, 1] image through the VAE and back (differentiable; not clamped), as IMPRESS compares.
+
+    Args:
+        vae: a diffusers ``AutoencoderKL``.
+        x: (B, 3, H, W) in [0, 1]; H and W multiples of the VAE scale factor.
+    """
+    return from_vae(vae.decode(vae_latents(vae, x) / vae.config.scaling_factor).sample)
+
