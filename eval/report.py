@@ -247,6 +247,7 @@ def markdown_summary(summary: dict[str, list[dict[str, Any]]]) -> str:
         "effect",
         "worst_attack",
         "worst_effect",
+        "kept",
         "clean_spread",
         "above_noise",
     )
@@ -384,6 +385,7 @@ def write_report(
                 "effect",
                 "worst_attack",
                 "worst_effect",
+                "kept",
                 "clean_spread",
                 "above_noise",
             ),

@@ -35,7 +35,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         ``score`` (mean over seeds), ``n_seeds``, ``effect`` (``protection_effect`` vs the clean unattacked
         baseline; None without one) and ``retained`` (``retained_fraction`` vs the same defence unattacked). A
         defence entry is one (artist, defence, mimic) with ``effect`` (unattacked), ``worst_attack`` and
-        ``worst_effect`` (``worst_case`` over its attacks, "none" included), ``clean_spread`` (``seed_spread``
+        ``worst_effect`` (``worst_case`` over its attacks, "none" included), ``kept`` (``retained_fraction`` of
+        the worst case: the share of the unattacked effect the attacker's best purification leaves; None without an
+        effect), ``clean_spread`` (``seed_spread``
         of the clean baseline), ``above_noise`` (the unattacked effect exceeds that spread) and the defence's mean
         visibility figures.
     """
@@ -87,6 +89,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
             "effect": effects.get(NO_ATTACK),
             "worst_attack": worst_attack,
             "worst_effect": worst_effect,
+            "kept": None if NO_ATTACK not in effects else retained_fraction(worst_effect, effects[NO_ATTACK]),
             "clean_spread": seed_spread(clean_scores) if clean_scores else None,
         }
         # an effect within the clean baseline's seed range cannot be told from noise (nor can its retained fraction)
