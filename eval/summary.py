@@ -37,7 +37,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         defence entry is one (artist, defence, mimic) with ``effect`` (unattacked), ``worst_attack`` and
         ``worst_effect`` (``worst_case`` over its attacks, "none" included), ``kept`` (``retained_fraction`` of
         the worst case: the share of the unattacked effect the attacker's best purification leaves; None without an
-        effect), ``clean_spread`` (``seed_spread``
+        effect or without a purification), ``clean_spread`` (``seed_spread``
         of the clean baseline), ``above_noise`` (the unattacked effect exceeds that spread) and the defence's mean
         visibility figures.
     """
@@ -89,7 +89,12 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
             "effect": effects.get(NO_ATTACK),
             "worst_attack": worst_attack,
             "worst_effect": worst_effect,
-            "kept": None if NO_ATTACK not in effects else retained_fraction(worst_effect, effects[NO_ATTACK]),
+            # measured only against a purification: with none the worst case is "none" and kept would read 100 %
+            "kept": (
+                retained_fraction(worst_effect, effects[NO_ATTACK])
+                if NO_ATTACK in effects and len(effects) > 1
+                else None
+            ),
             "clean_spread": seed_spread(clean_scores) if clean_scores else None,
         }
         # an effect within the clean baseline's seed range cannot be told from noise (nor can its retained fraction)

@@ -254,6 +254,8 @@ def test_summary_effect_retained_worst_case_and_spread():
     )
     assert d["clean_spread"] == pytest.approx(0.2) and d["above_noise"] is True
     assert d["kept"] == pytest.approx(0.5)  # the worst case (jpeg) leaves 0.3 of the unattacked 0.6
+    (unpurified,) = summarise(rows[:4])["defences"]  # no purification: nothing measured to keep
+    assert unpurified["effect"] == pytest.approx(0.6) and unpurified["kept"] is None
     jpeg = next(c for c in s["conditions"] if c["attack"] == "jpeg")
     assert jpeg["retained"] == pytest.approx(0.5)
     from eval.report import markdown_scores
