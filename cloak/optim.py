@@ -14,7 +14,7 @@ PGD, Madry et al. 2018), and the L-inf cap still bounds any one pixel.
 With ``smooth`` (a Gaussian sigma, px) the random start and every step's gradient are low-passed before the step
 is taken, so the perturbation is built from structures a few pixels wide instead of pixel-to-pixel noise: blur,
 downscaling and JPEG, which remove the finest frequencies, leave more of it. On the testbed that keeps more of the
-encoder's pull toward its target but does not stop more mimicry (README, "At 8/255"), so no preset uses it.
+encoder's pull toward its target but does not stop more mimicry (docs/RESULTS.md), so no preset uses it.
 """
 
 from __future__ import annotations

@@ -88,4 +88,3 @@ def vae_roundtrip(vae, x: torch.Tensor) -> torch.Tensor:
         x: (B, 3, H, W) in [0, 1]; H and W multiples of the VAE scale factor.
     """
     return from_vae(vae.decode(vae_latents(vae, x) / vae.config.scaling_factor).sample)
-

@@ -37,9 +37,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         defence entry is one (artist, defence, mimic) with ``effect`` (unattacked), ``worst_attack`` and
         ``worst_effect`` (``worst_case`` over its attacks, "none" included), ``kept`` (``retained_fraction`` of
         the worst case: the share of the unattacked effect the attacker's best purification leaves; None without an
-        effect or without a purification), ``clean_spread`` (``seed_spread``
-        of the clean baseline), ``above_noise`` (the unattacked effect exceeds that spread) and the defence's mean
-        visibility figures.
+        effect or without a purification), ``clean_spread`` (``seed_spread`` of the clean baseline),
+        ``above_noise`` (the unattacked effect exceeds that spread) and the defence's mean visibility figures.
     """
     scores = _mean_scores(rows)
     means = {k: fmean(v) for k, v in scores.items()}

@@ -12,7 +12,7 @@ posterior sample ``z`` feeds both terms (one encoder pass).
 Option ``semantic="sds-"`` (this project's variant, not Mist's): the semantic term is SDS(-) instead, *minimised*
 with the score-distillation gradient (``cloak.methods.sds``, Xue et al. ICLR'24):
 ``|| z - E(x_T) ||^2 + w * L_DM(z)``. The target pattern is what a long fine-tune learns from the cloak, and the
-error-minimising term what a short one is held back by (README, "At 8/255"); the UNet runs forward only.
+error-minimising term what a short one is held back by (docs/RESULTS.md); the UNet runs forward only.
 
 The weight: Mist v1 uses ``rate = 10^4`` against a textural MSE *summed* over SD's 4 x 64 x 64 latent at 512 px and a
 semantic MSE averaged over elements. Here both terms are means over elements, so the same balance is
