@@ -386,3 +386,74 @@ def test_mist_sds_minus_variant_adds_the_sds_term(tiny_components):
     torch.testing.assert_close(xa.grad, xt.grad + MIST_WEIGHT * xs.grad, rtol=1e-4, atol=1e-9)
     with pytest.raises(ConfigError, match=r"`semantic` \(mist option\) must be one of advdm, sds-, got 'sds'"):
         Mist(tiny_components, semantic="sds")
+
+
+# --- sdedit --------------------------------------------------------------------------------------------------------
+
+
+def test_sdedit_loss_is_the_img2img_output_against_the_target(tiny_components):
+    """The pixel loss is MSE(img2img(x), pattern) with the same noise draw; the latent loss compares latents."""
+    from cloak.methods.diffusion import img2img
+    from cloak.methods.sdedit import EditAttack
+    from cloak.targets import target_image
+
+    x = _x()
+    obj = EditAttack(tiny_components, strength=0.5, num_inference_steps=4)
+    pattern = target_image("stripes", 32, 48)
+    with torch.no_grad():
+        target = obj.target(x, _gen())
+        torch.testing.assert_close(target, pattern)
+        out = img2img(
+            tiny_components, x, obj.prompt_embeds, obj.negative_embeds,
+            strength=0.5, num_inference_steps=4, guidance_scale=5.0, generator=_gen(3),
+        )  # fmt: skip
+        torch.testing.assert_close(obj.loss(x, target, _gen(3)), F.mse_loss(out, pattern))
+        assert float(obj.loss(x, target, _gen(3))) != float(obj.loss(x, target, _gen(4)))  # a fresh noise per draw
+        latent = EditAttack(tiny_components, space="latent", strength=0.5, num_inference_steps=4)
+        z_target = latent.target(x, _gen())
+        torch.testing.assert_close(z_target, vae_latents(tiny_components.vae, pattern))
+        z = img2img(
+            tiny_components, x, obj.prompt_embeds, obj.negative_embeds, strength=0.5, num_inference_steps=4,
+            guidance_scale=5.0, generator=_gen(3), decode=False,
+        )  # fmt: skip
+        assert z.shape == z_target.shape
+        torch.testing.assert_close(latent.loss(x, z_target, _gen(3)), F.mse_loss(z, z_target))
+
+
+def test_sdedit_gradient_reaches_the_image_through_the_unet_and_checkpointing_does_not_change_it(tiny_components):
+    from cloak.methods.sdedit import EditAttack
+
+    x = _x()
+    grads = []
+    for checkpoint in (False, True):
+        obj = EditAttack(tiny_components, strength=0.5, num_inference_steps=4, checkpoint=checkpoint)
+        xg = x.clone().requires_grad_(True)
+        obj.loss(xg, obj.target(x, _gen()), _gen(3)).backward()
+        grads.append(xg.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-9)
+
+    calls = []
+    hook = tiny_components.unet.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        obj = EditAttack(tiny_components, strength=0.5, num_inference_steps=4, checkpoint=False)
+        xg = x.clone().requires_grad_(True)
+        obj.loss(xg, obj.target(x, _gen()), _gen(3)).backward()
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # int(0.5 x 4) denoising steps, each one guided UNet call (a batch of 2)
+
+
+def test_sdedit_options_are_validated(tiny_components):
+    from cloak.methods.sdedit import EditAttack
+
+    with pytest.raises(ConfigError, match=r"`space` \(sdedit option\) must be one of pixel, latent, got 'x'"):
+        EditAttack(tiny_components, space="x")
+    with pytest.raises(ConfigError, match=r"`strength` \(sdedit option\) must be in \(0, 1\], got 0"):
+        EditAttack(tiny_components, strength=0)
+    with pytest.raises(ConfigError, match=r"`checkpoint` \(sdedit option\) must be true or false, got 1"):
+        EditAttack(tiny_components, checkpoint=1)
+    with pytest.raises(ConfigError, match=r"must be >= 1; got strength 0.05 and num_inference_steps 10"):
+        EditAttack(tiny_components, strength=0.05)
+    with pytest.raises(ConfigError, match=r"`samples` \(sdedit option\) must be a positive integer, got 0"):
+        EditAttack(tiny_components, samples=0)

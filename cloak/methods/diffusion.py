@@ -131,6 +131,25 @@ def denoising_loss(
     return F.mse_loss(prediction.float(), training_target(scheduler, noised).float())
 
 
+def sdedit_settings(strength: object, num_inference_steps: object, guidance_scale: object, method: str):
+    """Validate a method's SDEdit options: ``(strength, num_inference_steps, guidance_scale)`` as (float, int, float).
+
+    ``strength`` in (0, 1], ``num_inference_steps`` a positive int, ``guidance_scale`` >= 1, and at least one
+    denoising step run (``int(strength * num_inference_steps) >= 1``).
+    """
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 < strength <= 1:
+        raise ConfigError(f"`strength` ({method} option) must be in (0, 1], got {strength!r}.")
+    if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or guidance_scale < 1:
+        raise ConfigError(f"`guidance_scale` ({method} option) must be a number >= 1, got {guidance_scale!r}.")
+    steps = positive_int(num_inference_steps, "num_inference_steps", method)
+    if int(strength * steps) < 1:
+        raise ConfigError(
+            f"{method}'s SDEdit runs int(strength x num_inference_steps) denoising steps, which must be >= 1; got "
+            f"strength {strength} and num_inference_steps {steps}."
+        )
+    return float(strength), steps, float(guidance_scale)
+
+
 def img2img(
     components: Components,
     x: torch.Tensor,
@@ -141,11 +160,15 @@ def img2img(
     num_inference_steps: int,
     guidance_scale: float,
     generator: torch.Generator,
+    checkpoint: bool = False,
+    decode: bool = True,
 ) -> torch.Tensor:
     """SDEdit: noise the image's latent to ``strength`` of the schedule and denoise it under a prompt (DDIM, eta 0).
 
     Timesteps as diffusers' img2img pipeline picks them; classifier-free guidance (Ho & Salimans 2022,
-    https://arxiv.org/abs/2207.12598) with ``negative_embeds`` as the unconditional branch.
+    https://arxiv.org/abs/2207.12598) with ``negative_embeds`` as the unconditional branch. Differentiable in ``x``
+    when gradients are enabled (``sdedit``, PhotoGuard's diffusion attack, back-propagates through it); call it under
+    ``torch.no_grad()`` to only render.
 
     Args:
         components: needs ``vae``, ``unet``, ``scheduler``.
@@ -156,23 +179,37 @@ def img2img(
         num_inference_steps: DDIM steps of the full schedule; ``int(strength * num_inference_steps)`` (>= 1) are run.
         guidance_scale: classifier-free guidance weight (1: none).
         generator: draws the starting noise.
+        checkpoint: with gradients enabled, keep no UNet activations for the backward pass and recompute them
+            there (gradient checkpointing): memory of one denoising step instead of all, for one more UNet forward
+            each.
+        decode: return the image; ``False`` returns the denoised latent instead (scaled as the UNet sees it).
 
     Returns:
-        (1, 3, h, w) in [0, 1].
+        (1, 3, h, w) in [0, 1], or the latent (1, C, h/f, w/f) without ``decode``.
     """
     from diffusers import DDIMScheduler
+    from torch.utils.checkpoint import checkpoint as recompute
 
     vae, unet = components.vae, components.unet
     ddim = DDIMScheduler.from_config(components.scheduler.config)
     ddim.set_timesteps(num_inference_steps, device=x.device)
     start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
     timesteps = ddim.timesteps[start:]
-    with torch.no_grad():
-        z0 = vae_latents(vae, x).float()  # the scheduler's arithmetic stays in float32, even under autocast
-        eps = torch.randn(z0.shape, generator=generator, device=generator.device, dtype=torch.float32)
-        z = ddim.add_noise(z0, eps.to(z0.device), timesteps[:1])
-        embeds = torch.cat([negative_embeds, prompt_embeds])
-        for t in timesteps:
-            uncond, cond = unet(torch.cat([z, z]), t, encoder_hidden_states=embeds).sample.float().chunk(2)
-            z = ddim.step(uncond + guidance_scale * (cond - uncond), t, z).prev_sample
-        return from_vae(vae.decode(z / vae.config.scaling_factor).sample)
+    embeds = torch.cat([negative_embeds, prompt_embeds])
+
+    def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        uncond, cond = unet(torch.cat([z, z]), t, encoder_hidden_states=embeds).sample.float().chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    z0 = vae_latents(vae, x).float()  # the scheduler's arithmetic stays in float32, even under autocast
+    eps = torch.randn(z0.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    z = ddim.add_noise(z0, eps.to(z0.device), timesteps[:1])
+    for t in timesteps:
+        if checkpoint and torch.is_grad_enabled():
+            noise = recompute(guided, z, t, use_reentrant=False)
+        else:
+            noise = guided(z, t)
+        z = ddim.step(noise, t, z).prev_sample
+    if not decode:
+        return z
+    return from_vae(vae.decode(z / vae.config.scaling_factor).sample)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from cloak.errors import ConfigError
 from cloak.methods.base import Objective
-from cloak.methods.diffusion import DIFFUSION_PARTS, encode_prompt, img2img, positive_int, prediction_type
+from cloak.methods.diffusion import DIFFUSION_PARTS, encode_prompt, img2img, prediction_type, sdedit_settings
 from cloak.targets import target_image
 from cloak.transforms import gaussian_blur
 from cloak.units import to_clip, vae_latents, vae_scale_factor
@@ -123,19 +123,12 @@ class StyleCloak(Objective):
         clip_weight: float = 1.0,
     ) -> None:
         super().__init__(components)
-        if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise ConfigError(f"`strength` (style option) must be in (0, 1], got {strength!r}.")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 1:
-            raise ConfigError(f"`guidance_scale` (style option) must be a number >= 1, got {guidance_scale!r}.")
         if not isinstance(clip_weight, (int, float)) or clip_weight < 0:
             raise ConfigError(f"`clip_weight` (style option) must be a number >= 0, got {clip_weight!r}.")
-        self.num_inference_steps = positive_int(num_inference_steps, "num_inference_steps", self.name)
-        if int(strength * num_inference_steps) < 1:
-            raise ConfigError(
-                f"style's SDEdit runs int(strength x num_inference_steps) denoising steps, which must be >= 1; got "
-                f"strength {strength} and num_inference_steps {num_inference_steps}."
-            )
-        self.strength, self.guidance_scale, self.clip_weight = float(strength), float(guidance_scale), clip_weight
+        self.strength, self.num_inference_steps, self.guidance_scale = sdedit_settings(
+            strength, num_inference_steps, guidance_scale, self.name
+        )
+        self.clip_weight = clip_weight
         if not isinstance(decoy_seed, int) or isinstance(decoy_seed, bool) or decoy_seed < 0:
             raise ConfigError(f"`decoy_seed` (style option) must be an integer >= 0, got {decoy_seed!r}.")
         self.decoy_seed = decoy_seed
@@ -168,16 +161,17 @@ class StyleCloak(Objective):
         """The decoy-style rendering ``x_d`` of a clean view ``x`` (1, 3, h, w) in [0, 1]; same shape and range."""
         if not self.sdedit:
             return procedural_decoy(x)
-        return img2img(
-            self.components,
-            x,
-            self.decoy_embeds,
-            self.negative_embeds,
-            strength=self.strength,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            generator=torch.Generator().manual_seed(self.decoy_seed),
-        )
+        with torch.no_grad():
+            return img2img(
+                self.components,
+                x,
+                self.decoy_embeds,
+                self.negative_embeds,
+                strength=self.strength,
+                num_inference_steps=self.num_inference_steps,
+                guidance_scale=self.guidance_scale,
+                generator=torch.Generator().manual_seed(self.decoy_seed),
+            )
 
     def _clip_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-norm CLIP image embedding of (1, 3, h, w) in [0, 1], resized and normalised as the model expects."""
