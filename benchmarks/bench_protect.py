@@ -10,6 +10,7 @@ time can be extrapolated (marked as such) without running it whole.
     python benchmarks/bench_protect.py --presets fast --sizes 512
     python benchmarks/bench_protect.py --presets mist sds --sizes 512 --steps 4
     python benchmarks/bench_protect.py --presets default --sizes 512 --option samples=4  # a preset's option changed
+    python benchmarks/bench_protect.py --methods sdedit --sizes 512 --steps 1  # a bare method at 8/255, no preset
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def sd15_components(seed: int, diffusion: bool):
                       dtype=torch.float32, **parts)
 
 
+#: ``--methods NAME`` runs are passed to ``--one`` as ``method:NAME``.
+METHOD_PREFIX = "method:"
+
+
 def parse_option(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` -> (key, value); the value is read as JSON (numbers, true/false) and else kept as a string."""
     key, sep, value = text.partition("=")
@@ -86,7 +91,11 @@ def run_one(
     from cloak.methods import METHODS
     from cloak.protect import CloakConfig, Cloaker, slim_for_cloaking
 
-    config = CloakConfig.from_preset(preset, steps=steps, options=options or None)
+    method = preset.removeprefix(METHOD_PREFIX)
+    if method != preset:  # a bare method with its default options at 8/255
+        config = CloakConfig(method=method, eps=8, steps=steps or 8, options=options or {})
+    else:
+        config = CloakConfig.from_preset(preset, steps=steps, options=options or None)
     components = sd15_components(seed, diffusion="unet" in METHODS[config.method].needs)
     cloaker = Cloaker(components, config)
     slim_for_cloaking(components, cloaker, bf16_unet=not float32)  # as `cloak protect` does
@@ -103,7 +112,10 @@ def run_one(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["fast", "default", "strong"])
+    parser.add_argument("--presets", nargs="+", default=None,
+                        help="presets to time (default: fast, default, strong; none when --methods is given)")
+    parser.add_argument("--methods", nargs="+", default=[],
+                        help="also time these methods bare (8/255, their default options, 8 steps unless --steps)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 2048])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="run this many steps instead of the preset's")
@@ -128,7 +140,8 @@ def main() -> None:
     print("| preset | method | size | steps | views | seconds/image | seconds/step | peak RSS (GiB) | L-inf | "
           "PSNR (dB) | bf16 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for preset in args.presets:
+    presets = args.presets if args.presets is not None else [] if args.methods else ["fast", "default", "strong"]
+    for preset in presets + [METHOD_PREFIX + m for m in args.methods]:
         for size in args.sizes:
             cmd = [sys.executable, __file__, "--one", preset, str(size), "--seed", str(args.seed)]
             cmd += ["--steps", str(args.steps)] if args.steps else []
