@@ -77,7 +77,9 @@ def protect(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
     overwrite: bool = typer.Option(False, help="Redo images whose outputs already exist (default: skip them)."),
     fmt: str = typer.Option("png", "--format", help="png (lossless, recommended) | jpeg | webp."),
-    target: str | None = typer.Option(None, help="Target pattern (stripes|checker|grey) or image, for encoder/mist."),
+    target: str | None = typer.Option(
+        None, help="Target pattern (stripes|checker|grey) or image, for encoder, mist and sdedit."
+    ),
     eot: list[str] = typer.Option([], help="Make the cloak robust to a transform, e.g. jpeg:quality=75 (repeatable)."),
     lpips_bound: float | None = typer.Option(None, help="Also keep LPIPS to the original below this (e.g. 0.05)."),
     min_psnr: float | None = typer.Option(
