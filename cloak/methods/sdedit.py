@@ -14,7 +14,9 @@ fresh starting noise from the cloak's generator, so the optimiser sees the expec
 Cost per step: ``samples x int(strength x num_inference_steps)`` guided UNet calls (each a batch of 2) forward and
 backward, one VAE encode and one decode; with ``checkpoint`` (default) the UNet activations are recomputed in the
 backward pass rather than kept, so memory is that of one denoising step. A researcher's method, not a preset: at SD's
-512 px it is several times the ``default``'s time a step.
+512 px a step takes about ten times the ``default``'s. PhotoGuard's own diffusion attack runs on the inpainting
+pipeline, so this is its objective applied to img2img, not a baseline at published settings. On the testbed at 8/255
+it stops img2img no better than the encoder attack does (docs/RESULTS.md, ``img2img8-sdedit``).
 """
 
 from __future__ import annotations
