@@ -433,15 +433,19 @@ def test_sdedit_gradient_reaches_the_image_through_the_unet_and_checkpointing_do
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-9)
 
-    calls = []
-    hook = tiny_components.unet.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        obj = EditAttack(tiny_components, strength=0.5, num_inference_steps=4, checkpoint=False)
-        xg = x.clone().requires_grad_(True)
-        obj.loss(xg, obj.target(x, _gen()), _gen(3)).backward()
-    finally:
-        hook.remove()
-    assert len(calls) == 2  # int(0.5 x 4) denoising steps, each one guided UNet call (a batch of 2)
+    def unet_calls(checkpoint: bool) -> int:
+        calls = []
+        hook = tiny_components.unet.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            obj = EditAttack(tiny_components, strength=0.5, num_inference_steps=4, checkpoint=checkpoint)
+            xg = x.clone().requires_grad_(True)
+            obj.loss(xg, obj.target(x, _gen()), _gen(3)).backward()
+        finally:
+            hook.remove()
+        return len(calls)
+
+    assert unet_calls(False) == 2  # int(0.5 x 4) denoising steps, each one guided UNet call (a batch of 2)
+    assert unet_calls(True) == 4  # checkpointing runs each again in the backward pass
 
 
 def test_sdedit_options_are_validated(tiny_components):
