@@ -448,6 +448,34 @@ def test_sdedit_gradient_reaches_the_image_through_the_unet_and_checkpointing_do
     assert unet_calls(True) == 4  # checkpointing runs each again in the backward pass
 
 
+def test_sdedit_with_several_strengths_draws_one_per_noise_draw(tiny_components):
+    """A list of strengths: each draw runs one of them (int(s x steps) UNet calls), picked by the cloak's generator."""
+    from cloak.methods.sdedit import EditAttack
+
+    x = _x()
+    obj = EditAttack(tiny_components, strength=[0.25, 0.75], num_inference_steps=4)
+    assert obj.strengths == (0.25, 0.75)
+
+    def calls_and_loss(seed: int) -> tuple[int, float]:
+        calls = []
+        hook = tiny_components.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+        try:
+            with torch.no_grad():
+                loss = float(obj.loss(x, obj.target(x, _gen()), _gen(seed)))
+        finally:
+            hook.remove()
+        return len(calls), loss
+
+    runs = [calls_and_loss(seed) for seed in range(12)]
+    assert {n for n, _ in runs} == {1, 3}  # int(0.25 x 4) and int(0.75 x 4): both strengths are drawn
+    assert calls_and_loss(5) == runs[5]  # the same generator seed, the same strength and noise
+    single = EditAttack(tiny_components, strength=[0.5], num_inference_steps=4)
+    with torch.no_grad():  # one strength spends no draw: the same loss as the plain number
+        plain = EditAttack(tiny_components, strength=0.5, num_inference_steps=4)
+        target = plain.target(x, _gen())
+        torch.testing.assert_close(single.loss(x, target, _gen(3)), plain.loss(x, target, _gen(3)))
+
+
 def test_sdedit_options_are_validated(tiny_components):
     from cloak.methods.sdedit import EditAttack
 
@@ -461,3 +489,7 @@ def test_sdedit_options_are_validated(tiny_components):
         EditAttack(tiny_components, strength=0.05)
     with pytest.raises(ConfigError, match=r"`samples` \(sdedit option\) must be a positive integer, got 0"):
         EditAttack(tiny_components, samples=0)
+    with pytest.raises(ConfigError, match=r"`strength` \(sdedit option\) must be in \(0, 1\], got 1.5"):
+        EditAttack(tiny_components, strength=[0.3, 1.5])
+    with pytest.raises(ConfigError, match=r"must be a number or a non-empty list of numbers, got \[\]"):
+        EditAttack(tiny_components, strength=[])

@@ -9,14 +9,17 @@ own target is a grey image; here the ``encoder`` method's stripes by default). T
 attack and finds it stronger than its encoder attack against editing, at the price of back-propagating through the
 denoising steps; it made it against img2img and inpainting, not against fine-tuning. Each loss evaluation draws a
 fresh starting noise from the cloak's generator, so the optimiser sees the expectation over the attacker's noise
-(PhotoGuard averages its gradient over several draws; ``samples`` does so here).
+(PhotoGuard averages its gradient over several draws; ``samples`` does so here). The attacker's strength is unknown
+to the artist: given several ``strength`` values, each draw also picks one of them at random, an expectation over
+strengths (EOT, Athalye et al., ICML'18) instead of PhotoGuard's single anticipated strength.
 
-Cost per step: ``samples x int(strength x num_inference_steps)`` guided UNet calls (each a batch of 2) forward and
-backward, one VAE encode and one decode; with ``checkpoint`` (default) the UNet activations are recomputed in the
-backward pass rather than kept, so memory is that of one denoising step. A researcher's method, not a preset: at SD's
-512 px a step takes about ten times the ``default``'s. PhotoGuard's own diffusion attack runs on the inpainting
-pipeline, so this is its objective applied to img2img, not a baseline at published settings. On the testbed at 8/255
-it stops img2img no better than the encoder attack does (docs/RESULTS.md, ``img2img8-sdedit``).
+Cost per step: ``samples x int(strength x num_inference_steps)`` guided UNet calls (each a batch of 2; the mean over
+the strengths when there are several) forward and backward, one VAE encode and one decode; with ``checkpoint``
+(default) the UNet activations are recomputed in the backward pass rather than kept, so memory is that of one
+denoising step. A researcher's method, not a preset: at SD's 512 px a step takes about ten times the ``default``'s.
+PhotoGuard's own diffusion attack runs on the inpainting pipeline, so this is its objective applied to img2img, not a
+baseline at published settings. On the testbed at 8/255 it stops img2img no better than the encoder attack does
+(docs/RESULTS.md, ``img2img8-sdedit``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ class EditAttack(Objective):
         target: a built-in pattern name (``cloak.targets.PATTERNS``) or an image path. Default ``"stripes"``.
         period: pattern period in px at the model's resolution. Default 16.
         prompt: the img2img prompt the cloak anticipates. Default ``"a painting"``.
-        strength: the img2img strength the cloak anticipates, in (0, 1]. Default 0.4.
+        strength: the img2img strength the cloak anticipates, in (0, 1], or a list of them, one drawn uniformly
+            per noise draw. Default 0.4.
         num_inference_steps: DDIM steps of the full schedule (``int(strength x num_inference_steps)`` are run).
             Default 10.
         guidance_scale: classifier-free guidance weight. Default 5.0.
@@ -76,7 +80,7 @@ class EditAttack(Objective):
         target: str = "stripes",
         period: int = 16,
         prompt: str = "a painting",
-        strength: float = 0.4,
+        strength: float | list[float] = 0.4,
         num_inference_steps: int = 10,
         guidance_scale: float = 5.0,
         samples: int = 1,
@@ -85,9 +89,15 @@ class EditAttack(Objective):
     ) -> None:
         super().__init__(components)
         prediction_type(components.scheduler)
-        self.strength, self.num_inference_steps, self.guidance_scale = sdedit_settings(
-            strength, num_inference_steps, guidance_scale, self.name
-        )
+        several = isinstance(strength, (list, tuple))
+        if several and not strength:
+            raise ConfigError("`strength` (sdedit option) must be a number or a non-empty list of numbers, got [].")
+        settings = [
+            sdedit_settings(s, num_inference_steps, guidance_scale, self.name)
+            for s in (strength if several else [strength])
+        ]
+        self.strengths = tuple(s for s, _, _ in settings)
+        _, self.num_inference_steps, self.guidance_scale = settings[0]
         self.samples = positive_int(samples, "samples", self.name)
         if not isinstance(checkpoint, bool):
             raise ConfigError(f"`checkpoint` (sdedit option) must be true or false, got {checkpoint!r}.")
@@ -104,6 +114,13 @@ class EditAttack(Objective):
             return pattern
         return vae_latents(self.components.vae, pattern).detach()
 
+    def draw_strength(self, generator: torch.Generator) -> float:
+        """The strength of one noise draw: the only one, or one of several uniformly (no draw is spent on one)."""
+        if len(self.strengths) == 1:
+            return self.strengths[0]
+        pick = torch.randint(len(self.strengths), (1,), generator=generator, device=generator.device)
+        return self.strengths[int(pick)]
+
     def loss(self, x_adv: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         losses = [
             F.mse_loss(
@@ -112,7 +129,7 @@ class EditAttack(Objective):
                     x_adv,
                     self.prompt_embeds,
                     self.negative_embeds,
-                    strength=self.strength,
+                    strength=self.draw_strength(generator),
                     num_inference_steps=self.num_inference_steps,
                     guidance_scale=self.guidance_scale,
                     generator=generator,
