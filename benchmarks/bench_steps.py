@@ -10,6 +10,7 @@ backward (one model evaluation per view).
     python benchmarks/bench_steps.py --steps 16 200 --n-images 4 --threads 1
     python benchmarks/bench_steps.py --steps 16 200 --min-psnr 35   # with a PSNR floor as well
     python benchmarks/bench_steps.py --steps 16 --style woodcut     # one held-out artist's paintings only
+    python benchmarks/bench_steps.py --steps 16 --direction away    # the untargeted form (encoder's `direction`)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--style", default=None, help="one held-out testbed style (default: all four in turn)")
     parser.add_argument("--min-psnr", type=float, default=None, help="PSNR floor in dB on top of eps (default none)")
+    parser.add_argument("--direction", choices=("toward", "away"), default="toward", help="the encoder's `direction`")
     args = parser.parse_args()
 
     import torch
@@ -57,7 +59,10 @@ def main() -> None:
         target = EncoderAttack(comp).target(to_tensor(images[0]), torch.Generator()).float()
     rows = []
     for steps in sorted(args.steps):
-        cloaker = Cloaker(comp, CloakConfig(method="encoder", eps=args.eps, steps=steps, min_psnr=args.min_psnr))
+        config = CloakConfig(
+            method="encoder", eps=args.eps, steps=steps, min_psnr=args.min_psnr, options={"direction": args.direction}
+        )
+        cloaker = Cloaker(comp, config)
         start = time.perf_counter()
         cloaked = [cloaker.protect(a, seed=0).image for a in images]
         seconds = (time.perf_counter() - start) / len(images)
@@ -70,7 +75,7 @@ def main() -> None:
     floor = f", PSNR >= {args.min_psnr:g} dB" if args.min_psnr is not None else ""
     print(
         f"testbed, {args.n_images} held-out paintings 64 px ({', '.join(styles)}), "
-        f"encoder eps {args.eps:g}/255{floor}, {args.threads} thread(s)"
+        f"encoder ({args.direction}) eps {args.eps:g}/255{floor}, {args.threads} thread(s)"
     )
     print(f"latent RMS of the clean images: {clean.pow(2).mean().sqrt().item():.3f}")
     print(f"latent MSE to target of the clean images: {clean_mse:.4f}")

@@ -283,6 +283,37 @@ def test_mist_target_is_the_encoder_attacks_target(tiny_components):
         )
 
 
+def test_encoder_away_pushes_the_latent_from_the_artworks_own(tiny_components):
+    """``direction="away"``: the loss is minus the latent MSE to the clean image's latent, and the cloak raises it."""
+    from cloak.methods.encoder import EncoderAttack
+    from cloak.protect import CloakConfig, Cloaker
+
+    x = _x()
+    away = EncoderAttack(tiny_components, direction="away")
+    with torch.no_grad():
+        target = away.target(x, _gen())
+        torch.testing.assert_close(target, vae_latents(tiny_components.vae, x))
+        assert float(away.loss(x, target, _gen())) == 0.0
+        shifted = (x + 0.03).clamp(0, 1)
+        torch.testing.assert_close(
+            away.loss(shifted, target, _gen()), -F.mse_loss(vae_latents(tiny_components.vae, shifted), target)
+        )
+    rgb = _image()
+    cfg = CloakConfig(method="encoder", eps=8, steps=4, options={"direction": "away"})
+    cloaked = Cloaker(tiny_components, cfg).protect(rgb, seed=0).image
+    toward = Cloaker(tiny_components, CloakConfig(method="encoder", eps=8, steps=4)).protect(rgb, seed=0).image
+
+    def moved(img):
+        with torch.no_grad():
+            z0 = vae_latents(tiny_components.vae, torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)
+            z1 = vae_latents(tiny_components.vae, torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)
+        return float(F.mse_loss(z1, z0))
+
+    assert moved(cloaked) > moved(toward)  # the untargeted form moves the latent further, in no set direction
+    with pytest.raises(ConfigError, match=r"`direction` \(encoder option\) must be one of toward, away, got 'up'"):
+        EncoderAttack(tiny_components, direction="up")
+
+
 # --- style ---------------------------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,10 @@ Targets the VAE encoder E only. Objective (minimised): ``|| E(x + delta) - E(x_T
 elements), where ``x_T`` is a target pattern rendered at the view's size. Every latent diffusion fine-tune trains on
 ``E(x)``, so a mimic trained on cloaked images learns the target's texture. Budget: the shared L-inf budget
 (PhotoGuard's notebook uses about 7.7/255; Mist v1 16/255).
+
+Option ``direction="away"`` (this project's variant, an experiment): the untargeted form, ``-|| E(x + delta) - E(x)
+||_2^2``, pushes the latent as far from the artwork's own as the budget allows, in whatever direction that is; the
+target pattern is then unused. docs/RESULTS.md compares it with the targeted form on mimicry.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 
+from cloak.errors import ConfigError
 from cloak.methods.base import Objective
 from cloak.targets import target_image
 from cloak.units import vae_latents
 
 if TYPE_CHECKING:
     from cloak.models import Components
+
+#: Values of the ``direction`` option.
+DIRECTIONS = ("toward", "away")
 
 
 class EncoderAttack(Objective):
@@ -31,20 +39,31 @@ class EncoderAttack(Objective):
         components: needs ``vae``.
         target: a built-in pattern name (``cloak.targets.PATTERNS``) or an image path. Default ``"stripes"``.
         period: pattern period in px at the model's resolution (default 16: two latent cells of SD's VAE).
+        direction: ``"toward"`` (default) the target pattern's latent, or ``"away"`` from the artwork's own latent
+            (untargeted; ``target`` and ``period`` unused).
     """
 
     name: ClassVar[str] = "encoder"
     summary: ClassVar[str] = "PhotoGuard / Mist textural: pull the VAE latent toward a target pattern's latent"
     needs: ClassVar[frozenset[str]] = frozenset({"vae"})
 
-    def __init__(self, components: Components, target: str = "stripes", period: int = 16) -> None:
+    def __init__(
+        self, components: Components, target: str = "stripes", period: int = 16, direction: str = "toward"
+    ) -> None:
         super().__init__(components)
+        if direction not in DIRECTIONS:
+            raise ConfigError(
+                f"`direction` ({self.name} option) must be one of {', '.join(DIRECTIONS)}, got {direction!r}."
+            )
         self.target_name = target
         self.period = period
+        self.sign = 1.0 if direction == "toward" else -1.0
 
     def target(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.sign < 0:  # away from the artwork's own latent
+            return vae_latents(self.components.vae, x).detach()
         pattern = target_image(self.target_name, x.shape[-2], x.shape[-1], period=self.period)
         return vae_latents(self.components.vae, pattern.to(x.device, x.dtype)).detach()
 
     def loss(self, x_adv: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return F.mse_loss(vae_latents(self.components.vae, x_adv).float(), target.float())
+        return self.sign * F.mse_loss(vae_latents(self.components.vae, x_adv).float(), target.float())
