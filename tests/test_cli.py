@@ -211,3 +211,25 @@ def test_same_file_named_twice_is_cloaked_once(tmp_path, tiny_model_dir):
                       "--steps", "1")
     assert result.exit_code == 0, result.output
     assert "1 cloaked, 0 skipped, 0 failed" in result.output
+
+
+def test_testbed_paint_writes_new_files_only(tmp_path):
+    """`cloak testbed paint`: n PNGs of the style at the size asked, deterministic, never over an existing file."""
+    from PIL import Image
+
+    from cloak.testbed.artists import paint
+
+    out = tmp_path / "art"
+    done = runner.invoke(app, ["testbed", "paint", "stained glass", "--out", str(out), "--n", "2", "--seed", "5"])
+    assert done.exit_code == 0, done.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["stained-glass-5.png", "stained-glass-6.png"]
+    rgb = np.asarray(Image.open(out / "stained-glass-6.png"))
+    assert rgb.shape == (64, 64, 3)
+    assert np.array_equal(rgb, (paint("stained glass", 6).image * 255).round().astype(np.uint8))
+    before = (out / "stained-glass-6.png").read_bytes()
+    again = runner.invoke(app, ["testbed", "paint", "stained glass", "--out", str(out), "--n", "1", "--seed", "6"])
+    assert again.exit_code == 2 and "exists; nothing written" in again.output
+    assert (out / "stained-glass-6.png").read_bytes() == before
+    bad = runner.invoke(app, ["testbed", "paint", "cubist", "--out", str(out)])
+    assert bad.exit_code == 2 and "unknown style 'cubist'" in bad.output and "cubism" in bad.output

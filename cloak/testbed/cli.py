@@ -90,3 +90,47 @@ def check(
         )
     if not all(g.passed for g in report.gates):
         raise typer.Exit(code=1)
+
+
+@app.command()
+def paint(
+    style: str = typer.Argument(..., help="A testbed style, e.g. `marbling` (an unknown name lists them all)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the PNGs into (created if missing)."),
+    n: int = typer.Option(8, "--n", min=1, help="How many paintings."),
+    seed: int = typer.Option(0, min=0, help="Seed of the first painting; painting i uses seed + i."),
+    size: int = typer.Option(64, min=32, help="Side in px (the testbed's textures are designed for 64)."),
+) -> None:
+    """Paint a procedural artist's works into a folder: artworks to try `cloak protect` on offline, or a target image.
+
+    Files are named `<style>-<seed>.png`; an existing file is never written over (the command stops before writing
+    anything). Seeds from 1,000,000 up are the ones `cloak eval` paints; the testbed was trained on lower ones of the
+    styles it has seen.
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cloak.errors import ConfigError
+    from cloak.imageio import atomic_write_bytes
+    from cloak.testbed.artists import paint as paint_one
+    from cloak.testbed.artists import style_index
+
+    try:
+        style_index(style)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
+    stem = style.replace(" ", "-")
+    paths = [out / f"{stem}-{seed + i}.png" for i in range(n)]
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        typer.echo(f"error: {existing[0]} exists; nothing written (choose another --out or --seed).", err=True)
+        raise typer.Exit(code=2)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(paths):
+        rgb = (paint_one(style, seed + i, size).image * 255).round().astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        atomic_write_bytes(path, buffer.getvalue())
+    typer.echo(f"wrote {n} {style} painting(s), {size}x{size} px, to {out}")
