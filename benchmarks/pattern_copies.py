@@ -63,10 +63,10 @@ def main() -> None:
         z_pattern = vae_latents(comp.vae, pattern)
     cloaker = Cloaker(comp, CloakConfig.from_preset("default"))
 
-    def pull(clean: np.ndarray, changed: np.ndarray) -> float:
+    def distance(rgb: np.ndarray) -> float:
+        """Latent MSE of an image to the pattern's latent."""
         with torch.no_grad():
-            z0, z1 = vae_latents(comp.vae, to_tensor(clean)), vae_latents(comp.vae, to_tensor(changed))
-        return 1 - float(F.mse_loss(z1, z_pattern) / F.mse_loss(z0, z_pattern))
+            return float(F.mse_loss(vae_latents(comp.vae, to_tensor(rgb)), z_pattern))
 
     def universal(train: list[np.ndarray]) -> list[np.ndarray]:
         """One delta for every image: signed PGD on the mean encoder objective, within +-eps/255."""
@@ -104,8 +104,9 @@ def main() -> None:
         psnrs, pulls, cloak_pulls = [], [], []
         for clean, changed in zip(images.train, copies, strict=True):
             psnrs.append(psnr(clean, changed))
-            pulls.append(pull(clean, changed))
-            cloak_pulls.append(pull(clean, cloaker.protect(clean, seed=0).image))
+            before = distance(clean)
+            pulls.append(1 - distance(changed) / before)
+            cloak_pulls.append(1 - distance(cloaker.protect(clean, seed=0).image) / before)
         print(f"| {style} | {np.mean(psnrs):.1f} | {np.mean(pulls):.3f} | {np.mean(cloak_pulls):.3f} |")
     print(f"wrote {args.out}/<style>/train-XXX.png")
 

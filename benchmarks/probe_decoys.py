@@ -47,9 +47,12 @@ def main() -> None:
     judge = load_judge()
     names = judge.style_names
 
-    def rms(a, b):
+    def latents(batch):
         with torch.no_grad():
-            return float((vae_latents(comp.vae, a) - vae_latents(comp.vae, b)).pow(2).mean().sqrt())
+            return vae_latents(comp.vae, batch)
+
+    def rms(za, zb):
+        return float((za - zb).pow(2).mean().sqrt())
 
     print(f"testbed, {args.n_images} held-out paintings a style, 64 px; judge's verdicts on the decoys")
     print(
@@ -62,7 +65,8 @@ def main() -> None:
             [to_tensor((paint(style, EVAL_SEED_OFFSET + i).image * 255).round().astype("uint8"))
              for i in range(args.n_images)]
         )  # fmt: skip
-        to_stripes = rms(x, target_image("stripes", x.shape[-2], x.shape[-1]).expand_as(x))
+        z_x = latents(x)
+        to_stripes = rms(z_x, latents(target_image("stripes", *x.shape[-2:])).expand_as(z_x))
         for decoy in args.decoys:
             for strength in args.strengths:
                 obj = StyleCloak(
@@ -72,7 +76,7 @@ def main() -> None:
                 verdicts = Counter(names[int(i)] for i in judge.predict(rendered))
                 print(
                     f"| {style} | {decoy} | {strength:g} | {verdicts[decoy]}/{len(x)} | {verdicts[style]}/{len(x)} | "
-                    f"{rms(x, rendered):.2f} | {to_stripes:.2f} |"
+                    f"{rms(z_x, latents(rendered)):.2f} | {to_stripes:.2f} |"
                 )
 
 
