@@ -11,6 +11,10 @@ backward (one model evaluation per view).
     python benchmarks/bench_steps.py --steps 16 200 --min-psnr 35   # with a PSNR floor as well
     python benchmarks/bench_steps.py --steps 16 --style woodcut     # one held-out artist's paintings only
     python benchmarks/bench_steps.py --steps 16 --direction away    # the untargeted form (encoder's `direction`)
+    python benchmarks/bench_steps.py --steps 16 --style marbling --space pixel  # compare the VAE round trip
+
+The last column, the stripes in the round trip, is how much of the target pattern the decoder shows of the cloak: the
+change of ``D(E(x))`` projected on the (mean-free) stripes image, as a share of the stripes' own amplitude.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def main() -> None:
     parser.add_argument("--style", default=None, help="one held-out testbed style (default: all four in turn)")
     parser.add_argument("--min-psnr", type=float, default=None, help="PSNR floor in dB on top of eps (default none)")
     parser.add_argument("--direction", choices=("toward", "away"), default="toward", help="the encoder's `direction`")
+    parser.add_argument("--space", choices=("latent", "pixel"), default="latent", help="the encoder's `space`")
     args = parser.parse_args()
 
     import torch
@@ -38,8 +43,9 @@ def main() -> None:
     from cloak.methods.encoder import EncoderAttack
     from cloak.models import load_components
     from cloak.protect import CloakConfig, Cloaker
+    from cloak.targets import target_image
     from cloak.testbed.artists import EVAL_SEED_OFFSET, HELD_OUT, paint
-    from cloak.units import vae_latents
+    from cloak.units import vae_latents, vae_roundtrip
 
     if args.style is not None and args.style not in HELD_OUT:
         parser.error(f"--style must be a held-out testbed style ({', '.join(HELD_OUT)}), got {args.style!r}")
@@ -54,13 +60,24 @@ def main() -> None:
         with torch.no_grad():
             return vae_latents(comp.vae, torch.cat([to_tensor(a) for a in rgb_list])).float()
 
+    def roundtrips(rgb_list):
+        with torch.no_grad():
+            return vae_roundtrip(comp.vae, torch.cat([to_tensor(a) for a in rgb_list])).float()
+
     clean = latents(images)
+    clean_rt = roundtrips(images)
+    stripes = target_image("stripes", *images[0].shape[:2])
+    stripes = stripes - stripes.mean(dim=(2, 3), keepdim=True)
     with torch.no_grad():  # the encoder method's own target: the pattern's latent at the image's size
         target = EncoderAttack(comp).target(to_tensor(images[0]), torch.Generator()).float()
     rows = []
     for steps in sorted(args.steps):
         config = CloakConfig(
-            method="encoder", eps=args.eps, steps=steps, min_psnr=args.min_psnr, options={"direction": args.direction}
+            method="encoder",
+            eps=args.eps,
+            steps=steps,
+            min_psnr=args.min_psnr,
+            options={"direction": args.direction, "space": args.space},
         )
         cloaker = Cloaker(comp, config)
         start = time.perf_counter()
@@ -69,26 +86,27 @@ def main() -> None:
         z = latents(cloaked)
         mse = F.mse_loss(z, target.expand_as(z), reduction="none").mean(dim=(1, 2, 3))
         shift = (z - clean).flatten(1).norm(dim=1)
-        rows.append((steps, mse.mean().item(), shift.mean().item(), seconds))
+        shown = ((roundtrips(cloaked) - clean_rt) * stripes).sum(dim=(1, 2, 3)) / stripes.pow(2).sum()
+        rows.append((steps, mse.mean().item(), shift.mean().item(), seconds, shown.mean().item()))
     clean_mse = F.mse_loss(clean, target.expand_as(clean)).item()
-    best_steps, best_mse, best_shift, _ = rows[-1]
+    best_steps, best_mse, best_shift, _, _ = rows[-1]
     floor = f", PSNR >= {args.min_psnr:g} dB" if args.min_psnr is not None else ""
     print(
         f"testbed, {args.n_images} held-out paintings 64 px ({', '.join(styles)}), "
-        f"encoder ({args.direction}) eps {args.eps:g}/255{floor}, {args.threads} thread(s)"
+        f"encoder ({args.direction}, {args.space}) eps {args.eps:g}/255{floor}, {args.threads} thread(s)"
     )
     print(f"latent RMS of the clean images: {clean.pow(2).mean().sqrt().item():.3f}")
     print(f"latent MSE to target of the clean images: {clean_mse:.4f}")
     print(
         "| steps | latent MSE to target | drop from clean | drop / clean | share of longest run's drop | latent shift "
-        "| share of its shift | s/image |"
+        "| share of its shift | s/image | stripes in the round trip |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for steps, mse, shift, sec in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for steps, mse, shift, sec, shown in rows:
         drop = (clean_mse - mse) / (clean_mse - best_mse)
         print(
             f"| {steps} | {mse:.4f} | {clean_mse - mse:.4f} | {(clean_mse - mse) / clean_mse:.2f} | {drop:.2f} "
-            f"| {shift:.2f} | {shift / best_shift:.2f} | {sec:.2f} |"
+            f"| {shift:.2f} | {shift / best_shift:.2f} | {sec:.2f} | {shown:.3f} |"
         )
 
 

@@ -314,6 +314,37 @@ def test_encoder_away_pushes_the_latent_from_the_artworks_own(tiny_components):
         EncoderAttack(tiny_components, direction="up")
 
 
+
+def test_encoder_pixel_space_compares_the_vae_round_trip_with_the_target_image(tiny_components):
+    """``space="pixel"``: the target is the pattern image itself, the loss the MSE of D(E(x)) to it, and the cloak
+    brings the round trip nearer the pattern."""
+    from cloak.methods.encoder import EncoderAttack
+    from cloak.targets import target_image
+    from cloak.units import vae_roundtrip
+
+    x = _x()
+    pixel = EncoderAttack(tiny_components, space="pixel")
+    with torch.no_grad():
+        target = pixel.target(x, _gen())
+        pattern = target_image("stripes", x.shape[-2], x.shape[-1], period=16)
+        torch.testing.assert_close(target, pattern)
+        torch.testing.assert_close(
+            pixel.loss(x, target, _gen()), F.mse_loss(vae_roundtrip(tiny_components.vae, x), pattern)
+        )
+        away = EncoderAttack(tiny_components, space="pixel", direction="away")
+        torch.testing.assert_close(away.target(x, _gen()), vae_roundtrip(tiny_components.vae, x))
+    rgb = _image(32, 48)
+
+    def roundtrip_error(img):
+        with torch.no_grad():
+            z = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+            return float(F.mse_loss(vae_roundtrip(tiny_components.vae, z), target_image("stripes", *img.shape[:2])))
+
+    cfg = CloakConfig(method="encoder", eps=16, steps=8, options={"space": "pixel"})
+    assert roundtrip_error(Cloaker(tiny_components, cfg).protect(rgb, seed=0).image) < roundtrip_error(rgb)
+    with pytest.raises(ConfigError, match=r"`space` \(encoder option\) must be one of latent, pixel, got 'rgb'"):
+        EncoderAttack(tiny_components, space="rgb")
+
 # --- style ---------------------------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,10 @@ elements), where ``x_T`` is a target pattern rendered at the view's size. Every 
 Option ``direction="away"`` (this project's variant, an experiment): the untargeted form, ``-|| E(x + delta) - E(x)
 ||_2^2``, pushes the latent as far from the artwork's own as the budget allows, in whatever direction that is; the
 target pattern is then unused. docs/RESULTS.md compares it with the targeted form on mimicry.
+
+Option ``space="pixel"`` (this project's variant, an experiment): compare the VAE round trip ``D(E(x + delta))``
+with the target image (or, ``away``, with ``D(E(x))``) instead of the latents, so the latent moves in the directions
+the decoder renders most visibly; one decoder pass more a step.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ import torch.nn.functional as F
 from cloak.errors import ConfigError
 from cloak.methods.base import Objective
 from cloak.targets import target_image
-from cloak.units import vae_latents
+from cloak.units import vae_latents, vae_roundtrip
 
 if TYPE_CHECKING:
     from cloak.models import Components
 
 #: Values of the ``direction`` option.
 DIRECTIONS = ("toward", "away")
+#: Values of the ``space`` option: where the attacked image is compared with its target.
+SPACES = ("latent", "pixel")
 
 
 class EncoderAttack(Objective):
@@ -41,6 +47,8 @@ class EncoderAttack(Objective):
         period: pattern period in px at the model's resolution (default 16: two latent cells of SD's VAE).
         direction: ``"toward"`` (default) the target pattern's latent, or ``"away"`` from the artwork's own latent
             (untargeted; ``target`` and ``period`` unused).
+        space: ``"latent"`` (default) compares latents; ``"pixel"`` compares the decoded VAE round trip with the
+            target image.
     """
 
     name: ClassVar[str] = "encoder"
@@ -48,22 +56,34 @@ class EncoderAttack(Objective):
     needs: ClassVar[frozenset[str]] = frozenset({"vae"})
 
     def __init__(
-        self, components: Components, target: str = "stripes", period: int = 16, direction: str = "toward"
+        self,
+        components: Components,
+        target: str = "stripes",
+        period: int = 16,
+        direction: str = "toward",
+        space: str = "latent",
     ) -> None:
         super().__init__(components)
         if direction not in DIRECTIONS:
             raise ConfigError(
                 f"`direction` ({self.name} option) must be one of {', '.join(DIRECTIONS)}, got {direction!r}."
             )
+        if space not in SPACES:
+            raise ConfigError(f"`space` ({self.name} option) must be one of {', '.join(SPACES)}, got {space!r}.")
+        self.space = space
         self.target_name = target
         self.period = period
         self.sign = 1.0 if direction == "toward" else -1.0
 
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        vae = self.components.vae
+        return vae_roundtrip(vae, x) if self.space == "pixel" else vae_latents(vae, x)
+
     def target(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.sign < 0:  # away from the artwork's own latent
-            return vae_latents(self.components.vae, x).detach()
-        pattern = target_image(self.target_name, x.shape[-2], x.shape[-1], period=self.period)
-        return vae_latents(self.components.vae, pattern.to(x.device, x.dtype)).detach()
+        if self.sign < 0:  # away from the artwork's own latent (or its round trip)
+            return self._embed(x).detach()
+        pattern = target_image(self.target_name, x.shape[-2], x.shape[-1], period=self.period).to(x.device, x.dtype)
+        return pattern if self.space == "pixel" else vae_latents(self.components.vae, pattern).detach()
 
     def loss(self, x_adv: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.sign * F.mse_loss(vae_latents(self.components.vae, x_adv).float(), target.float())
+        return self.sign * F.mse_loss(self._embed(x_adv).float(), target.float())
