@@ -96,6 +96,13 @@ BASELINES: dict[str, Preset] = {
         {"minimise": True},
         reference="Xue et al., ICLR 2024: 16/255, 100 steps",
     ),
+    "pid": Preset(
+        "pid",
+        12.75,
+        1000,
+        "PID: push the VAE posterior's mean and log-variance from the artwork's own",
+        reference="Li et al., ICML 2024; release: 0.05 in [0, 1] = 12.75/255, 1000 steps, loss add-log",
+    ),
     "glaze-like": Preset(
         "style",
         16.0,

@@ -345,6 +345,40 @@ def test_encoder_pixel_space_compares_the_vae_round_trip_with_the_target_image(t
     with pytest.raises(ConfigError, match=r"`space` \(encoder option\) must be one of latent, pixel, got 'rgb'"):
         EncoderAttack(tiny_components, space="rgb")
 
+
+# --- pid -----------------------------------------------------------------------------------------------------------
+
+
+def test_pid_loss_is_minus_the_posterior_moments_moved_and_the_cloak_moves_them(tiny_components):
+    """PID's add-log loss: minus (MSE of the posterior means + MSE of the log-variances) to the clean image's;
+    ``terms`` keeps one of them; the cloak moves the moments further than blind noise as large."""
+    from cloak.methods.pid import PID, posterior_moments
+
+    x = _x()
+    with torch.no_grad():
+        mean0, logvar0 = posterior_moments(tiny_components.vae, x)
+        shifted = (x + 0.03).clamp(0, 1)
+        mean1, logvar1 = posterior_moments(tiny_components.vae, shifted)
+        moved_mean, moved_var = F.mse_loss(mean1, mean0), F.mse_loss(logvar1, logvar0)
+        assert float(moved_mean) > 0 and float(moved_var) > 0
+        for terms, expected in (("both", moved_mean + moved_var), ("mean", moved_mean), ("var", moved_var)):
+            pid = PID(tiny_components, terms=terms)
+            target = pid.target(x, _gen())
+            assert float(pid.loss(x, target, _gen())) == 0.0
+            torch.testing.assert_close(pid.loss(shifted, target, _gen()), -expected)
+    rgb = _image(32, 48)
+    clean = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    cloaked = Cloaker(tiny_components, CloakConfig(method="pid", eps=8, steps=4)).protect(rgb, seed=0).image
+    noise = (clean + 8 / 255 * torch.randn(clean.shape, generator=_gen()).sign()).clamp(0, 1)  # same budget, blind
+    pid = PID(tiny_components)
+    with torch.no_grad():
+        target = pid.target(clean, _gen())
+        by_cloak = -float(pid.loss(torch.from_numpy(cloaked).permute(2, 0, 1)[None].float() / 255, target, _gen()))
+        by_noise = -float(pid.loss(noise, target, _gen()))
+    assert by_cloak > 2 * by_noise  # the optimised change moves the moments further than a blind one as large
+    with pytest.raises(ConfigError, match=r"`terms` \(pid option\) must be one of both, mean, var, got 'kl'"):
+        PID(tiny_components, terms="kl")
+
 # --- style ---------------------------------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ def test_baselines_carry_their_published_budgets():
         "advdm": 16.0,
         "aspl": 6.4,
         "sds": 16.0,
+        "pid": 12.75,
         "glaze-like": 16.0,
     }
     assert BASELINES["glaze-like"].lpips_bound == 0.05

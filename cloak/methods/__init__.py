@@ -10,6 +10,7 @@ from cloak.methods.aspl import ASPL
 from cloak.methods.base import Objective
 from cloak.methods.encoder import EncoderAttack
 from cloak.methods.mist import Mist
+from cloak.methods.pid import PID
 from cloak.methods.sdedit import EditAttack
 from cloak.methods.sds import SDS
 from cloak.methods.style import StyleCloak
@@ -22,6 +23,7 @@ METHODS: dict[str, type[Objective]] = {
     SDS.name: SDS,
     Mist.name: Mist,
     EditAttack.name: EditAttack,
+    PID.name: PID,
 }
 
 __all__ = ["METHODS", "Objective"]
