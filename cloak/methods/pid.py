@@ -11,9 +11,9 @@ term: ``"mean"`` (the untargeted encoder attack, as ``encoder`` with ``direction
 ``"var"`` (only the log-variance). Budget in the release: 12.75/255 (0.05 in [0, 1]), 1000 sign steps of 1/255
 (the ``pid`` baseline); here the shared L-inf budget and optimiser.
 
-How far a small change can move the variance depends on the VAE: on the testbed's, 16 steps at 8/255 raise the
-posterior's standard deviation by about 3 % (``python benchmarks/probe_posterior.py``), so there the mean term is
-nearly all of PID's effect (docs/RESULTS.md).
+How far a small change can move the variance depends on the VAE: on the testbed's (posterior std about 0.02 against
+a latent RMS near 1), 16 steps at 8/255 of the variance term alone change log sigma by 2-4 % RMS
+(``python benchmarks/probe_posterior.py``), so there the mean term is nearly all of PID's effect (docs/RESULTS.md).
 """
 
 from __future__ import annotations
