@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -233,3 +234,28 @@ def test_testbed_paint_writes_new_files_only(tmp_path):
     assert (out / "stained-glass-6.png").read_bytes() == before
     bad = runner.invoke(app, ["testbed", "paint", "cubist", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown style 'cubist'" in bad.output and "cubism" in bad.output
+
+
+def test_testbed_judge_counts_styles_per_folder_and_skips_bad_files(tmp_path):
+    """`cloak testbed judge`: the judge's verdict on each file, counted per folder; a broken file is reported and
+    skipped (exit 1), the rest still judged; unknown styles and missing folders are refused (exit 2)."""
+    from cloak.testbed.judge import load_judge
+
+    art, other = tmp_path / "art", tmp_path / "other"
+    for folder, style in ((art, "woodcut"), (other, "marbling")):
+        done = runner.invoke(app, ["testbed", "paint", style, "--out", str(folder), "--n", "3", "--seed", "1000000"])
+        assert done.exit_code == 0, done.output
+    judge = load_judge()
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(f)).copy()) for f in sorted(art.iterdir())])
+    names = [judge.style_names[int(i)] for i in judge.predict(images.permute(0, 3, 1, 2).float() / 255)]
+    done = runner.invoke(app, ["testbed", "judge", str(art), str(other), "--style", "woodcut"])
+    assert done.exit_code == 0, done.output
+    share = names.count("woodcut") / 3
+    assert f"{art}: 3 image(s): " in done.output and f"named woodcut: {share:.2f}" in done.output
+    assert f"{other}: 3 image(s): " in done.output
+    (art / "broken.png").write_bytes(b"not a png")
+    partial = runner.invoke(app, ["testbed", "judge", str(art)])
+    assert partial.exit_code == 1 and "broken.png" in partial.output and f"{art}: 3 image(s): " in partial.output
+    assert runner.invoke(app, ["testbed", "judge", str(art), "--style", "cubist"]).exit_code == 2
+    missing = runner.invoke(app, ["testbed", "judge", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "is not a folder" in missing.output

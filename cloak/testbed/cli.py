@@ -134,3 +134,60 @@ def paint(
         Image.fromarray(rgb).save(buffer, format="PNG")
         atomic_write_bytes(path, buffer.getvalue())
     typer.echo(f"wrote {n} {style} painting(s), {size}x{size} px, to {out}")
+
+
+@app.command()
+def judge(
+    folders: list[Path] = typer.Argument(..., help="Folders of images, one painting a file (not searched deeper)."),
+    style: str = typer.Option(None, "--style", help="Also print the share of images named as this testbed style."),
+) -> None:
+    """Name each image's style with the testbed's judge, the way `cloak eval` scores a mimic's generations.
+
+    Prints, for each folder, how many images the judge names as each style (most first) and, with `--style`, the
+    share named as that style. An unreadable file is reported and skipped; the others are still judged.
+    """
+    import torch
+
+    from cloak.errors import ConfigError, ImageError
+    from cloak.imageio import SUPPORTED_SUFFIXES, load_artwork, to_tensor
+    from cloak.testbed.artists import style_index
+    from cloak.testbed.judge import load_judge
+
+    if style is not None:
+        try:
+            style_index(style)
+        except ConfigError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=2) from None
+    missing = [f for f in folders if not f.is_dir()]
+    if missing:
+        typer.echo(f"error: {missing[0]} is not a folder.", err=True)
+        raise typer.Exit(code=2)
+    model = load_judge()
+    failed = False
+    for folder in folders:
+        files = sorted(
+            p for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUPPORTED_SUFFIXES
+        )
+        counts: dict[str, int] = {}
+        for path in files:
+            try:
+                rgb = load_artwork(path).rgb
+            except ImageError as err:
+                typer.echo(f"skipped: {err}", err=True)
+                failed = True
+                continue
+            with torch.no_grad():
+                name = model.style_names[int(model.predict(to_tensor(rgb))[0])]
+            counts[name] = counts.get(name, 0) + 1
+        n = sum(counts.values())
+        if n == 0:
+            typer.echo(f"{folder}: no readable images ({', '.join(sorted(SUPPORTED_SUFFIXES))})")
+            failed = True
+            continue
+        named = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        share = f"; named {style}: {counts.get(style, 0) / n:.2f}" if style is not None else ""
+        typer.echo(f"{folder}: {n} image(s): {named}{share}")
+    if failed:
+        raise typer.Exit(code=1)
