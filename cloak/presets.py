@@ -51,7 +51,7 @@ PRESETS: dict[str, Preset] = {
         8.0,
         8,
         "8 steps that pull the picture toward a decoy texture and consult the diffusion model: the recommended "
-        "balance, and it holds up against attempts to clean the cloak off (target pattern + SDS(-))",
+        "balance of protection, time and visibility (target pattern + SDS(-))",
         {"semantic": "sds-", "samples": 1},
     ),
     "strong": Preset("encoder", 12.0, 64, "64 steps at a larger budget: strongest, slower, slightly more visible"),
