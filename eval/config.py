@@ -25,6 +25,7 @@ baseline is always part of it. Schema (every key but ``model``, ``artists`` and 
     method = "encoder"                #   cloak.methods.METHODS key
     eps = 8                           #   L-inf budget, 0-255 units
     steps = 16                        #   optimiser steps (also: step_size, eot, options, name)
+    fraction = 0.5                    #   optional: protect only the first half of the training images
     [[defences]]                      # ... or a preset / published baseline (cloak.presets), keys override it
     preset = "mist"
     [[defences]]                      # ... or another tool's output
@@ -96,7 +97,7 @@ class ArtistSpec:
     n_heldout: int = 32
 
 
-_LATER_OPTIONS = ("smooth",)
+_LATER_OPTIONS = ("smooth", "fraction")
 """DefenceSpec fields added after results were first cached; left out of fingerprints while unset."""
 
 
@@ -121,6 +122,10 @@ class DefenceSpec:
             or None.
         surrogate: the model the cloak is computed against, when it is not the grid's ``model`` (a transfer
             experiment: e.g. a second testbed UNet on the same VAE, from ``cloak testbed build --vae-from``).
+        fraction: the share of the artist's training images the defence protects, in (0, 1]; the others stay the
+            originals (an artist whose earlier work is already online unprotected). The first
+            ``max(1, round(fraction * n_train))`` images are protected, each exactly as with ``fraction`` unset.
+            None = all.
     """
 
     name: str
@@ -136,10 +141,12 @@ class DefenceSpec:
     preset: str | None = None
     surrogate: str | None = None
     smooth: float | None = None
+    fraction: float | None = None
 
     def __fingerprint__(self) -> dict[str, Any]:
         """What the cached results are keyed by: every field, except options added since results were first
-        cached (``smooth``) while they are unset, so that adding an option does not invalidate every stored cell."""
+        cached (``smooth``, ``fraction``) while they are unset, so that adding an option does not invalidate every
+        stored cell."""
         values = dataclasses.asdict(self)
         return {k: v for k, v in values.items() if not (k in _LATER_OPTIONS and v is None)}
 
@@ -430,13 +437,21 @@ def _defence(t: dict[str, Any], where: str) -> DefenceSpec:
     if "precomputed" in values:
         if "name" not in values:
             raise ConfigError(f"{where}: a `precomputed` defence needs a `name` (e.g. 'glaze').")
-        extra = sorted(set(values) - {"name", "precomputed"})  # a surrogate makes no sense without a cloak here
+        extra = sorted(set(values) - {"name", "precomputed", "fraction"})  # e.g. a surrogate needs a cloak here
         if extra:
-            raise ConfigError(f"{where}: a `precomputed` defence takes only `name`, got also {', '.join(extra)}.")
-        return DefenceSpec(name=_safe_name(values["name"], where), precomputed=values["precomputed"])
+            raise ConfigError(
+                f"{where}: a `precomputed` defence takes only `name` and `fraction`, got also {', '.join(extra)}."
+            )
+        _check_fraction(values.get("fraction"), where)
+        return DefenceSpec(
+            name=_safe_name(values["name"], where),
+            precomputed=values["precomputed"],
+            fraction=values.get("fraction"),
+        )
     if "eps" not in values:
         raise ConfigError(f"{where}: the key `eps` (L-inf budget, 0-255 units) is missing.")
     values.setdefault("name", f"{values['method']}-{values['eps']:g}")
+    _check_fraction(values.get("fraction"), where)
     spec = DefenceSpec(**values)
     _safe_name(spec.name, where)
     try:
@@ -444,6 +459,18 @@ def _defence(t: dict[str, Any], where: str) -> DefenceSpec:
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     return spec
+
+
+def _check_fraction(fraction: Any, where: str) -> None:
+    if fraction is None:
+        return
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"{where}: `fraction` must be a number in (0, 1], got {fraction!r}.")
+
+
+def protected_count(fraction: float | None, n: int) -> int:
+    """How many of ``n`` training images a defence with this ``fraction`` protects (the first ones)."""
+    return n if fraction is None else min(n, max(1, round(fraction * n)))
 
 
 def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from eval.config import (
     MimicSpec,
     check_artist_folders,
     load_config,
+    protected_count,
     with_artist_folders,
 )
 from eval.mimics import finetune, generate, img2img
@@ -278,10 +279,12 @@ class _Grid:
         cached = data.load_set(folder, images.names, inputs)
         if cached is None:
             spec = self.defences[defence]
+            k = protected_count(spec.fraction, len(images.train))  # the rest stay the artist's originals
             if spec.precomputed is not None:
-                cached = data.load_precomputed(spec, artist, images.names, self.components.resolution)
+                cached = data.load_precomputed(spec, artist, images.names, self.components.resolution)[:k]
             else:
-                cached = [self._cloak(spec, rgb, seed * 100_003 + i) for i, rgb in enumerate(images.train)]
+                cached = [self._cloak(spec, rgb, seed * 100_003 + i) for i, rgb in enumerate(images.train[:k])]
+            cached = [*cached, *images.train[k:]]
             data.save_set(folder, images.names, cached, inputs)
         if (artist, defence, seed) not in self._visibility:
             self._visibility[(artist, defence, seed)] = M.visibility(images.train, cached, self.lpips)

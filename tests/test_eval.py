@@ -344,7 +344,10 @@ def test_cli_help_points_to_the_builtin_configs_and_an_unknown_name_lists_them()
         (MINIMAL.replace('model = "m"', 'model = "m"\nseeds = [1, 1]'), "`seeds` must be distinct"),
         (MINIMAL.replace('model = "m"\n', ""), "the key `model` is missing"),
         (MINIMAL + "[generation]\nn = 0\n", r"\[generation\]: `n` must be >= 1"),
-        (MINIMAL + "[[defences]]\nname = 'g'\nprecomputed = 'x'\neps = 8\n", "takes only `name`, got also eps"),
+        (
+            MINIMAL + "[[defences]]\nname = 'g'\nprecomputed = 'x'\neps = 8\n",
+            "takes only `name` and `fraction`, got also eps",
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, text, message):
@@ -365,7 +368,7 @@ def test_smooth_defence_and_fingerprints_of_unset_later_options(tmp_path):
     ours, soft = load_config(_write(tmp_path, text)).defences
     assert ours.smooth is None and soft.smooth == 0.7 and soft.cloak_config().smooth == 0.7
     # cells cached before `smooth` existed keep their fingerprint; setting it makes a different cell
-    before = {k: v for k, v in dataclasses.asdict(ours).items() if k != "smooth"}
+    before = {k: v for k, v in dataclasses.asdict(ours).items() if k not in ("smooth", "fraction")}
     assert fingerprint({"defence": ours}) == fingerprint({"defence": before})
     assert fingerprint({"defence": soft}) != fingerprint({"defence": dataclasses.replace(soft, smooth=None)})
 
@@ -603,3 +606,33 @@ def test_surrogate_defence_cloaks_against_the_other_model(micro_grid, tmp_path):
         grid.artist_images("alice").train[0], seed=0
     )
     assert np.array_equal(transfer[0], expected.image)
+
+
+def test_fraction_protects_the_first_images_and_leaves_the_rest_original(micro_grid, tmp_path):
+    """`fraction`: the first round(fraction * n) training images are protected exactly as by the full defence, the
+    others stay the artist's originals; for a precomputed defence too; unset, the fingerprint is unchanged."""
+    import dataclasses
+
+    from eval.data import fingerprint
+    from eval.runner import _Grid
+
+    extra = (
+        '[[defences]]\nname = "half"\nmethod = "encoder"\neps = 8\nsteps = 2\nfraction = 0.5\n\n'
+        f'[[defences]]\nname = "glaze-third"\nprecomputed = "{tmp_path}/glazed/{{artist}}"\nfraction = 0.34\n\n'
+    )
+    text = micro_grid.read_text().replace("[[mimics]]", extra + "[[mimics]]", 1)
+    grid = _Grid(load_config(_write(tmp_path, text)), tmp_path / "out", "cpu")
+    clean = grid.artist_images("alice").train  # n_train = 3
+    full, half = grid.protected("alice", "encoder-8", 0), grid.protected("alice", "half", 0)
+    assert [np.array_equal(a, b) for a, b in zip(half, full, strict=True)] == [True, True, False]  # round(1.5) = 2
+    assert [np.array_equal(a, b) for a, b in zip(half, clean, strict=True)] == [False, False, True]
+    glaze, third = grid.protected("alice", "glaze", 0), grid.protected("alice", "glaze-third", 0)
+    assert [np.array_equal(a, b) for a, b in zip(third, glaze, strict=True)] == [True, False, False]
+    assert [np.array_equal(a, b) for a, b in zip(third, clean, strict=True)] == [False, True, True]
+    spec = grid.defences["half"]
+    unset = dataclasses.replace(spec, fraction=None)
+    before = {k: v for k, v in dataclasses.asdict(unset).items() if k not in ("fraction", "smooth")}
+    assert fingerprint({"d": unset}) == fingerprint({"d": before}) != fingerprint({"d": spec})
+    for bad in ("0", "1.5", "'half'"):
+        with pytest.raises(ConfigError, match=r"`fraction` must be a number"):
+            load_config(_write(tmp_path, MINIMAL + f"[[defences]]\nmethod = 'encoder'\neps = 8\nfraction = {bad}\n"))
