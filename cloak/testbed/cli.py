@@ -139,7 +139,7 @@ def paint(
 @app.command()
 def judge(
     folders: list[Path] = typer.Argument(..., help="Folders of images, one painting a file (not searched deeper)."),
-    style: str = typer.Option(None, "--style", help="Also print the share of images named as this testbed style."),
+    style: str | None = typer.Option(None, "--style", help="Also print the share named as this testbed style."),
 ) -> None:
     """Name each image's style with the testbed's judge, the way `cloak eval` scores a mimic's generations.
 
