@@ -82,7 +82,7 @@ def main() -> None:
                 if clean is None:
                     skipped.add(f"{cell.artist}'s clean images (missing, or made with other settings)")
                     continue
-                x = torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255 for a in clean])
+                x = data.to_batch(clean)
                 with torch.no_grad():
                     clean_latents[cell.artist] = (vae_latents(vae, x), vae_roundtrip(vae, x))
             folder = args.out / "images" / cell.artist / cell.defence / f"seed{cell.seed}"
@@ -90,7 +90,7 @@ def main() -> None:
             if cloaked is None:
                 skipped.add(f"{cell.defence} of {config_name} (images missing, or made with other settings)")
                 continue
-            x = torch.stack([torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 255 for a in cloaked])
+            x = data.to_batch(cloaked)
             z0, r0 = clean_latents[cell.artist]
             with torch.no_grad():
                 dz = vae_latents(vae, x) - z0
