@@ -31,11 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, PngImagePlugin, UnidentifiedImageError
 
 from cloak.errors import ConfigError, ImageError
 
-SUPPORTED_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+)
 
 # Largest image accepted, in pixels (width * height): 8192 x 4096, twice a 4096 x 4096 canvas. The cloak works
 # on overlapping tiles so its memory is bounded, but the full-size float copies of the image are not.
@@ -78,6 +80,11 @@ class Artwork:
             GPS location is absent when loaded with ``strip_gps=True``.
         source_format: Pillow's format name of the input, e.g. ``"PNG"``, ``"JPEG"``.
         notes: human-readable notes about conversions made while loading, e.g. 16-bit reduced to 8-bit.
+        dpi: the print resolution ``(x, y)`` in dots per inch, or None; written back.
+        text: PNG text chunks (``Copyright``, ``Author``, ``Description``...) as ``(key, value)`` pairs; written
+            back into PNG outputs.
+        xmp: the XMP packet (where editors keep rights, creator and licence), or None; written back.
+        comment: a JPEG comment, or None; written back (as a PNG ``Comment`` text chunk in PNG outputs).
     """
 
     path: Path
@@ -88,6 +95,10 @@ class Artwork:
     exif: bytes | None
     source_format: str
     notes: tuple[str, ...]
+    dpi: tuple[float, float] | None = None
+    text: tuple[tuple[str, str], ...] = ()
+    xmp: bytes | None = None
+    comment: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -123,6 +134,7 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
             exif = im.getexif()
             icc_profile = im.info.get("icc_profile") or None
             raw_exif = im.info.get("exif")
+            kept = _kept_info(im, notes)
     except FileNotFoundError as e:
         raise ImageError(f"{path}: file not found.") from e
     except PermissionError as e:
@@ -135,7 +147,9 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
             f"supported: {_suffix_list()}."
         ) from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: image too large ({e}); the limit here is {_limit_text()}.") from e
+        raise ImageError(
+            f"{path}: image too large; the limit is {_limit_text()}. Downscale it in your editor first."
+        ) from e
     except _DECODE_ERRORS as e:
         raise ImageError(f"{path}: the file is corrupt or truncated ({e}). Re-export it from your editor.") from e
 
@@ -149,6 +163,8 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
 
     rgb, alpha, grey = _to_arrays(path, im, rawmode, notes)
     exif_bytes = _exif_to_keep(exif, raw_exif, source_format, strip_gps, notes)
+    if source_format == "TIFF":
+        exif_bytes = _tiff_authorship(exif, notes)
     return Artwork(
         path=path,
         rgb=rgb,
@@ -158,6 +174,7 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
         exif=exif_bytes,
         source_format=source_format,
         notes=tuple(notes),
+        **kept,
     )
 
 
@@ -166,7 +183,9 @@ def save_artwork(
 ) -> None:
     """Write pixels back with the artwork's alpha, greyscale-ness, ICC profile and EXIF, atomically.
 
-    Lossy formats change the pixels after the cloak was computed and weaken it; PNG keeps every pixel.
+    Lossy formats change the pixels after the cloak was computed and weaken it; PNG keeps every pixel. The
+    authorship and print information read by `load_artwork` goes back as each format allows: DPI (not WebP), XMP,
+    PNG text chunks (PNG only) and the JPEG comment (JPEG, or a PNG ``Comment`` chunk).
     JPEG is written with 4:4:4 chroma (no subsampling), which keeps more of the cloak than Pillow's 4:2:0
     default. A greyscale artwork saved as WebP (which has no greyscale mode) is written as RGB without a
     greyscale-only ICC profile, which an RGB file cannot carry.
@@ -223,6 +242,14 @@ def save_artwork(
         options["icc_profile"] = icc_profile
     if artwork.exif is not None:
         options["exif"] = artwork.exif
+    if artwork.dpi is not None and format != "webp":  # WebP has no resolution field
+        options["dpi"] = artwork.dpi
+    if artwork.xmp is not None and format != "png":
+        options["xmp"] = artwork.xmp
+    if format == "png":
+        options["pnginfo"] = _png_text(artwork)
+    elif format == "jpeg" and artwork.comment is not None:
+        options["comment"] = artwork.comment
     if format == "jpeg":
         options.update(quality=quality, subsampling=0)
     elif format == "webp":
@@ -287,7 +314,8 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
         ConfigError: not a ``(H, W, 3)`` uint8 array.
     """
     _check_rgb(rgb, "`rgb`")
-    return torch.tensor(rgb).permute(2, 0, 1).unsqueeze(0).to(torch.float32).div(255.0).contiguous()
+    pixels = torch.tensor(np.ascontiguousarray(rgb))  # flipped or rotated views have negative strides
+    return pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32).div(255.0).contiguous()
 
 
 def from_tensor(x: torch.Tensor) -> np.ndarray:
@@ -309,6 +337,8 @@ def _check_rgb(rgb: np.ndarray, what: str) -> None:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         got = f"dtype {rgb.dtype} and shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
         raise ConfigError(f"{what} must be a uint8 array of shape (H, W, 3) in 0-255, got {got}.")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ConfigError(f"{what} is empty (shape {rgb.shape}); an image needs at least one pixel.")
 
 
 def _suffix_list() -> str:
@@ -408,6 +438,70 @@ def _split(pixels: np.ndarray, grey: bool) -> tuple[np.ndarray, np.ndarray | Non
     if pixels.shape[2] == 4:
         return np.ascontiguousarray(pixels[..., :3]), np.ascontiguousarray(pixels[..., 3]), grey
     return pixels, None, grey
+
+
+# PNG text chunk keys Pillow reads but that are not the artist's text: the XMP packet has its own field.
+_XMP_KEY = "XML:com.adobe.xmp"
+
+# TIFF tags that say who made the picture and who holds its rights (TIFF 6.0 baseline tags 270 and 315, and
+# 33432 Copyright): the only ones carried from a TIFF, whose other tags describe its file layout.
+_TIFF_AUTHORSHIP = (270, 315, 33432)
+
+
+def _kept_info(im: Image.Image, notes: list[str]) -> dict[str, Any]:
+    """DPI, PNG text, XMP and JPEG comment of an opened image, for `Artwork`; notes what cannot be kept."""
+    kept: dict[str, Any] = {}
+    dpi = im.info.get("dpi")
+    if isinstance(dpi, tuple) and len(dpi) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in dpi):
+        kept["dpi"] = (float(dpi[0]), float(dpi[1]))
+    text = getattr(im, "text", None) if im.format == "PNG" else None
+    if text:
+        kept["text"] = tuple((str(k), str(v)) for k, v in text.items() if k != _XMP_KEY)
+    xmp = im.info.get("xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    if isinstance(xmp, bytes) and xmp:
+        kept["xmp"] = xmp
+    comment = im.info.get("comment")
+    if isinstance(comment, bytes) and comment:
+        kept["comment"] = comment
+    if im.info.get("photoshop"):
+        notes.append(
+            "the file's Photoshop/IPTC block (File Info) is not carried over; its EXIF and XMP are, and most "
+            "editors keep the copyright in both"
+        )
+    return kept
+
+
+def _png_text(artwork: Artwork) -> PngImagePlugin.PngInfo:
+    """The PNG text chunks to write: the input's own, its XMP packet and its JPEG comment."""
+    info = PngImagePlugin.PngInfo()
+    keys = set()
+    for key, value in artwork.text:
+        keys.add(key)
+        try:
+            value.encode("latin-1")
+            info.add_text(key, value)
+        except UnicodeEncodeError:  # tEXt is Latin-1 only; iTXt carries UTF-8
+            info.add_itxt(key, value)
+    if artwork.xmp is not None:
+        info.add_itxt(_XMP_KEY, artwork.xmp.decode("utf-8", errors="replace"))
+    if artwork.comment is not None and "Comment" not in keys:
+        info.add_itxt("Comment", artwork.comment.decode("utf-8", errors="replace"))
+    return info
+
+
+def _tiff_authorship(exif: Image.Exif, notes: list[str]) -> bytes | None:
+    """An EXIF block with a TIFF's description, artist and copyright tags, or None when it has none."""
+    kept = Image.Exif()
+    for tag in _TIFF_AUTHORSHIP:
+        value = exif.get(tag)
+        if isinstance(value, str) and value:
+            kept[tag] = value
+    if len(kept) == 0:
+        return None
+    notes.append("the TIFF's description, artist and copyright tags are carried over as EXIF")
+    return kept.tobytes()
 
 
 def _exif_to_keep(

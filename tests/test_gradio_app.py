@@ -184,7 +184,8 @@ def test_zip_upload_is_unpacked_safely(backend, uploads, tmp_path):
     assert all(item.output.parent == report.items[0].output.parent for item in report.items)
     assert not (tmp_path.parent / "escape.png").exists() and not Path("/abs/root.png").exists()
     assert report.skipped == [
-        "portfolio.zip/notes.txt: skipped, not an image (.bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)."
+        "portfolio.zip/notes.txt: skipped, not an image "
+        "(.bmp, .gif, .jfif, .jpe, .jpeg, .jpg, .png, .tif, .tiff, .webp)."
     ]
     # the second a.png is the sky picture: same pixels, cloaked
     assert load_artwork(report.items[1].output).size == (32, 32)

@@ -545,3 +545,47 @@ def test_tensor_helpers_validate():
         from_tensor(torch.zeros(3, 4, 4))
     with pytest.raises(ConfigError, match="NaN or infinity"):
         from_tensor(torch.full((1, 3, 2, 2), float("nan")))
+
+
+_XMP = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><dc:rights>\u00a9 Zo\u00eb Painter</dc:rights></x:xmpmeta>'
+
+
+def test_png_text_dpi_and_xmp_are_kept(tmp_path):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Copyright", "(c) A. Painter")
+    info.add_itxt("Author", "Zo\u00eb Painter")
+    info.add_itxt("XML:com.adobe.xmp", _XMP)
+    Image.fromarray(_UPRIGHT).save(tmp_path / "in.png", pnginfo=info, dpi=(300, 300))
+    art = load_artwork(tmp_path / "in.png")
+    save_artwork(tmp_path / "out.png", art.rgb, art)
+    out = _reopen(tmp_path / "out.png")
+    assert out.text["Copyright"] == "(c) A. Painter" and out.text["Author"] == "Zo\u00eb Painter"
+    assert out.info["xmp"].decode("utf-8") == _XMP
+    assert [round(v) for v in out.info["dpi"]] == [300, 300]
+
+
+def test_jpeg_comment_xmp_and_dpi_reach_png_and_jpeg_outputs(tmp_path):
+    Image.fromarray(_UPRIGHT).save(tmp_path / "in.jpg", xmp=_XMP.encode("utf-8"), comment=b"by A. Painter",
+                                   dpi=(240, 240))
+    art = load_artwork(tmp_path / "in.jpg")
+    save_artwork(tmp_path / "out.png", art.rgb, art)
+    png = _reopen(tmp_path / "out.png")
+    assert png.text["Comment"] == "by A. Painter" and png.info["xmp"].decode("utf-8") == _XMP
+    assert [round(v) for v in png.info["dpi"]] == [240, 240]
+    save_artwork(tmp_path / "out.jpg", art.rgb, art, format="jpeg")
+    jpeg = _reopen(tmp_path / "out.jpg")
+    assert jpeg.info["comment"] == b"by A. Painter" and jpeg.info["xmp"].decode("utf-8") == _XMP
+    assert jpeg.info["dpi"] == (240, 240)
+
+
+def test_tiff_authorship_tags_become_exif(tmp_path):
+    tags = {ExifTags.Base.Artist: "A. Painter", ExifTags.Base.Copyright: "(c) 2026 A. Painter"}
+    Image.fromarray(_UPRIGHT).save(tmp_path / "in.tif", tiffinfo=tags)
+    art = load_artwork(tmp_path / "in.tif")
+    assert any("copyright" in note for note in art.notes)
+    save_artwork(tmp_path / "out.png", art.rgb, art)
+    exif = _reopen(tmp_path / "out.png").getexif()
+    assert exif[ExifTags.Base.Artist] == "A. Painter" and exif[ExifTags.Base.Copyright] == "(c) 2026 A. Painter"
+    assert ExifTags.Base.StripOffsets not in exif  # the TIFF's file layout is not copied
