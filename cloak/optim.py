@@ -54,7 +54,7 @@ class PGDConfig:
 
     def __post_init__(self) -> None:
         eps_to_unit(self.eps)
-        if not isinstance(self.steps, int) or self.steps < 1:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"`steps` must be a positive integer, got {self.steps!r}.")
         if self.step_size is not None and not 0 < self.step_size <= 255:
             raise ConfigError(f"`step_size` must be in (0, 255] (0-255 units), got {self.step_size}.")

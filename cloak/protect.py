@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from cloak.imageio import to_tensor
 from cloak.methods import METHODS
 from cloak.optim import PGDConfig, pgd
 from cloak.presets import get_preset
+from cloak.targets import check_target
 from cloak.views import plan_views, render_view
 
 if TYPE_CHECKING:
@@ -69,6 +71,15 @@ class CloakConfig:
         self.pgd()  # validates eps, steps, step_size
         if self.max_side < 64:
             raise ConfigError(f"`max_side` must be at least 64 px, got {self.max_side}.")
+        # Checked here, before any model is loaded or image cloaked, so that a typo is a usage error, not a failure
+        # reported once per file after minutes of work.
+        check_options(self.method, self.options)
+        from cloak.transforms import parse_eot
+
+        for spec in self.eot:
+            parse_eot(spec)
+        if "target" in self.options or "period" in self.options:
+            check_target(self.options.get("target", "stripes"), self.options.get("period", 16))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> CloakConfig:
@@ -98,6 +109,24 @@ class CloakConfig:
             random_start=self.random_start,
             min_psnr=self.min_psnr,
             smooth=self.smooth,
+        )
+
+
+def check_options(method: str, options: dict[str, Any]) -> None:
+    """Refuse options that ``method``'s constructor does not take, naming those it does.
+
+    Raises:
+        ConfigError: e.g. ``target`` for ``advdm``, which has no target.
+    """
+    params = inspect.signature(METHODS[method].__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [name for name in params if name not in ("self", "components")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"method `{method}` takes no option {', '.join(f'`{u}`' for u in unknown)}; its options are "
+            f"{', '.join(accepted) or 'none'}."
         )
 
 
@@ -215,6 +244,8 @@ class Cloaker:
         start = time.perf_counter()
         cfg = self.config
         device = self.components.device
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ConfigError(f"`seed` must be a whole number from 0 to 2^63 - 1, got {seed!r}.")
         generator = torch.Generator().manual_seed(seed)
         x = to_tensor(rgb).to(device)
         views = plan_views(

@@ -19,6 +19,18 @@ from cloak.errors import ConfigError
 PATTERNS = ("stripes", "checker", "grey")
 
 
+def check_target(name: str, period: int = 16) -> None:
+    """Refuse a target that is neither a built-in pattern nor an existing file, and a period under 2 px.
+
+    Raises:
+        ConfigError: naming the choices.
+    """
+    if not isinstance(name, (str, Path)) or (name not in PATTERNS and not Path(name).is_file()):
+        raise ConfigError(f"target must be one of {list(PATTERNS)} or an image file, got {name!r} (no such file).")
+    if isinstance(period, bool) or not isinstance(period, int) or period < 2:
+        raise ConfigError(f"`period` must be a whole number of px, at least 2, got {period!r}.")
+
+
 def target_image(name: str, height: int, width: int, *, period: int = 16) -> torch.Tensor:
     """Render a built-in target pattern or load a user image, at (height, width).
 
@@ -43,9 +55,8 @@ def target_image(name: str, height: int, width: int, *, period: int = 16) -> tor
         else:
             img = torch.full((3, height, width), 0.5)
         return img.unsqueeze(0).float()
+    check_target(name, period)
     path = Path(name)
-    if not path.is_file():
-        raise ConfigError(f"target must be one of {list(PATTERNS)} or an image file, got {name!r} (no such file).")
     from cloak.imageio import load_artwork, to_tensor
 
     img = to_tensor(load_artwork(path).rgb)

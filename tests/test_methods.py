@@ -109,6 +109,33 @@ def test_unknown_method_message():
         CloakConfig(method="nope")
 
 
+def test_options_are_checked_against_the_method_before_any_work(method):
+    """Every method's options come from its constructor; one it does not take is refused when the config is made."""
+    with pytest.raises(ConfigError, match=f"method `{method}` takes no option `colour`; its options are"):
+        CloakConfig(method=method, options={"colour": "red"})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"eot": ("jpeg:quality=200",)}, "`quality` must be an int in \\[1, 100\\]"),
+        ({"options": {"target": "no-such-target.png"}}, "no such file"),
+        ({"options": {"period": 0}}, "`period` must be a whole number of px, at least 2"),
+        ({"options": {"target": "stripes", "period": 1}}, "`period` must be a whole number of px, at least 2"),
+        ({"steps": True}, "`steps` must be a positive integer"),
+    ],
+)
+def test_bad_settings_are_refused_when_the_config_is_made(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        CloakConfig(method="encoder", **kwargs)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, 2**64, True])
+def test_bad_seed_is_named(tiny_components, seed):
+    with pytest.raises(ConfigError, match="`seed` must be a whole number"):
+        Cloaker(tiny_components, CloakConfig(steps=1)).protect(_image(), seed=seed)
+
+
 def test_eot_draws_a_fresh_transform_per_step_and_keeps_the_budget(tiny_components, monkeypatch):
     import cloak.transforms
 

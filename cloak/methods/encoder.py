@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from cloak.errors import ConfigError
 from cloak.methods.base import Objective
-from cloak.targets import target_image
+from cloak.targets import check_target, target_image
 from cloak.units import vae_latents, vae_roundtrip
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ class EncoderAttack(Objective):
         if space not in SPACES:
             raise ConfigError(f"`space` ({self.name} option) must be one of {', '.join(SPACES)}, got {space!r}.")
         self.space = space
+        check_target(target, period)
         self.target_name = target
         self.period = period
         self.sign = 1.0 if direction == "toward" else -1.0

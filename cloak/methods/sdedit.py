@@ -39,7 +39,7 @@ from cloak.methods.diffusion import (
     prediction_type,
     sdedit_settings,
 )
-from cloak.targets import target_image
+from cloak.targets import check_target, target_image
 from cloak.units import vae_latents
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ class EditAttack(Objective):
             raise ConfigError(f"`checkpoint` (sdedit option) must be true or false, got {checkpoint!r}.")
         if space not in SPACES:
             raise ConfigError(f"`space` (sdedit option) must be one of {', '.join(SPACES)}, got {space!r}.")
+        check_target(target, period)
         self.target_name, self.period, self.checkpoint, self.space = target, period, checkpoint, space
         te, tok = components.text_encoder, components.tokenizer
         self.prompt_embeds = encode_prompt(te, tok, prompt)
