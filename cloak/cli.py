@@ -5,10 +5,12 @@ Heavy imports (torch, diffusers) happen inside the commands, so ``cloak --help``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cloak import __version__
 from cloak.testbed.cli import app as testbed_app
@@ -91,15 +93,10 @@ def protect(
     strip_gps: bool = typer.Option(False, help="Remove GPS location tags from the copied EXIF."),
 ) -> None:
     """Cloak images so that fine-tuning or img2img on them fails to copy the style."""
-    import torch
-
-    from cloak.batch import FORMATS, LOSSY_WARNING, collect_inputs, plan_jobs, run_job, share_jobs
-    from cloak.distributed import all_sum, session
-    from cloak.errors import ConfigError, ModelNotFoundError
-    from cloak.methods import METHODS
-    from cloak.models import load_components
+    from cloak.batch import FORMATS, LOSSY_WARNING
+    from cloak.errors import ConfigError
     from cloak.presets import BASELINES, PRESETS
-    from cloak.protect import CloakConfig, Cloaker, slim_for_cloaking
+    from cloak.protect import CloakConfig
 
     if preset not in PRESETS and preset not in BASELINES:
         raise _usage_error(
@@ -118,17 +115,40 @@ def protect(
     if fmt != "png":
         console.print(f"[yellow]warning:[/yellow] {LOSSY_WARNING.format(fmt=fmt.upper())}")
 
+    _check_out_folder(out, inputs)
+    try:
+        _protect_all(inputs, out, config, preset, fmt, model, device, seed, overwrite, strip_gps)
+    except KeyboardInterrupt:
+        console.print("\ninterrupted: the images finished so far are saved (each complete, with its record); run the "
+                      "same command again to do the rest.")
+        raise typer.Exit(130) from None
+
+
+def _protect_all(inputs, out, config, preset, fmt, model, device, seed, overwrite, strip_gps) -> None:
+    """The body of ``cloak protect`` once its options are checked; raises typer.Exit with the exit code."""
+    import torch
+
+    from cloak.batch import collect_inputs, plan_jobs, run_job, share_jobs
+    from cloak.distributed import all_sum, session
+    from cloak.errors import ConfigError, ModelNotFoundError
+    from cloak.methods import METHODS
+    from cloak.models import load_components
+    from cloak.protect import Cloaker, slim_for_cloaking
+
     with session(device) as node:  # under torchrun / accelerate launch: this rank's share; else every file
-        pairs, errors = collect_inputs(inputs, exclude=out)
+        pairs, errors, notes = collect_inputs(inputs, exclude=out)
         jobs, plan_errors = plan_jobs(pairs, out, fmt)
         errors += plan_errors
         reported = errors if node.is_main else []  # every rank plans the same; rank 0 reports and counts
         for message in reported:
-            console.print(f"[red]FAILED[/red] {message}")
+            console.print(f"[red]FAILED[/red] {escape(message)}")
+        for message in notes if node.is_main else []:
+            console.print(f"note: {escape(message)}")
         if not jobs:
             if node.is_main:
                 console.print("nothing to cloak.")
             raise typer.Exit(1 if errors else 0)
+        _check_writable(out)
         mine = share_jobs(jobs, node)
 
         parts = set(METHODS[config.method].needs)
@@ -169,7 +189,7 @@ def protect(
         with Progress(*columns, console=console, transient=False, disable=not node.is_main) as progress:
             overall = progress.add_task(f"{node.label}images", total=len(mine))
             for job in mine:
-                current = progress.add_task(f"  {job.source.name}", total=config.steps)
+                current = progress.add_task(f"  {escape(job.source.name)}", total=config.steps)
 
                 def step(i: int, n: int, loss: float, task=current) -> None:
                     progress.update(task, completed=i)
@@ -184,15 +204,18 @@ def protect(
                 progress.advance(overall)
                 counts[outcome.status] += 1
                 if outcome.status == "failed":
-                    progress.console.print(f"{node.label}[red]FAILED[/red] {outcome.message}")
+                    progress.console.print(f"{node.label}[red]FAILED[/red] {escape(outcome.message)}")
                 elif outcome.status == "skipped":
-                    progress.console.print(f"{node.label}skipped {job.source} ({outcome.message})")
+                    progress.console.print(f"{node.label}skipped {escape(str(job.source))}: {escape(outcome.message)}")
                 else:
                     r = outcome.record
+                    psnr = "unchanged" if r["psnr"] is None else f"PSNR {r['psnr']:.1f} dB"
                     progress.console.print(
-                        f"{node.label}[green]done[/green] {job.source} -> {job.output}  L-inf {r['linf']}/255, "
-                        f"PSNR {r['psnr']:.1f} dB, SSIM {r['ssim']:.3f}, {r['seconds']:.1f} s"
+                        f"{node.label}[green]done[/green] {escape(str(job.source))} -> {escape(str(job.output))}  "
+                        f"L-inf {r['linf']}/255, {psnr}, SSIM {r['ssim']:.3f}, {r['seconds']:.1f} s"
                     )
+                    for note in r["notes"]:
+                        progress.console.print(f"{node.label}  note: {escape(note)}")
         if node.world_size > 1:
             console.print(f"{node.label}this share: {counts['done']} cloaked, {counts['skipped']} skipped, "
                           f"{counts['failed']} failed.")
@@ -218,9 +241,11 @@ def purify(
     from cloak.batch import collect_inputs
     from cloak.errors import ConfigError, ModelNotFoundError
 
-    pairs, errors = collect_inputs(inputs, exclude=out)
+    pairs, errors, notes = collect_inputs(inputs, exclude=out)
     for message in errors:
-        console.print(f"[red]FAILED[/red] {message}")
+        console.print(f"[red]FAILED[/red] {escape(message)}")
+    for message in notes:
+        console.print(f"note: {escape(message)}")
     if not pairs:
         raise typer.Exit(1)
     try:
@@ -279,6 +304,30 @@ def evaluate(
     except ConfigError as err:
         raise _usage_error(str(err)) from None
     raise typer.Exit(code)
+
+
+def _check_out_folder(out: Path, inputs: list[str]) -> None:
+    """Refuse, before any work, an ``--out`` that cannot take the outputs: a file, or an input folder."""
+    if out.exists() and not out.is_dir():
+        raise _usage_error(f"--out {escape(str(out))} is a file; give a folder for the cloaked copies.")
+    for item in inputs:
+        if Path(item).is_dir() and Path(item).resolve() == out.resolve():
+            raise _usage_error(
+                f"--out {escape(str(out))} is the input folder itself: the cloaked copies would sit among the "
+                f"originals. Give a separate folder, e.g. --out {escape(str(out.resolve().name))}-protected"
+            )
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".cloak-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise _usage_error(
+            f"cannot write into --out {escape(str(out))} ({err.strerror or err}); choose a folder you can write to."
+        ) from None
 
 
 def _lpips_for(device, *, needed: bool):

@@ -210,7 +210,18 @@ def _load_part(part: str, source: str, local_files_only: bool, dtype: torch.dtyp
         # SD-1.x ships a PNDM scheduler config; DDPM reads the same training schedule (betas, timesteps) from it.
         return DDPMScheduler.from_pretrained(source, subfolder=part, local_files_only=local_files_only)
     if part == "text_encoder":  # transformers 5 names the argument `dtype`, diffusers `torch_dtype`
-        return CLIPTextModel.from_pretrained(source, subfolder=part, local_files_only=local_files_only, dtype=dtype)
+        from transformers.utils import logging as hf_logging
+
+        # transformers 5 draws a "Loading weights" bar on stderr, into the middle of the CLI's own progress lines.
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            return CLIPTextModel.from_pretrained(
+                source, subfolder=part, local_files_only=local_files_only, dtype=dtype
+            )
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
     model_class = AutoencoderKL if part == "vae" else UNet2DConditionModel
     return model_class.from_pretrained(source, subfolder=part, local_files_only=local_files_only, torch_dtype=dtype)
 

@@ -135,6 +135,10 @@ def test_never_writes_over_an_input(tmp_path, tiny_model_dir):
         (["--method", "nope"], "unknown method 'nope'"),
         (["--format", "gif"], "unknown --format 'gif'"),
         (["--min-psnr", "90"], "between 20 and 60 dB"),
+        (["--method", "advdm", "--target", "grey"], "method `advdm` takes no option `target`"),
+        (["--preset", "pid", "--target", "grey"], "method `pid` takes no option `target`"),
+        (["--eot", "jpeg:quality=200"], "`quality` must be an int in [1, 100]"),
+        (["--target", "no-such-target.png"], "no such file"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path, args, message):
@@ -259,3 +263,96 @@ def test_testbed_judge_counts_styles_per_folder_and_skips_bad_files(tmp_path):
     assert runner.invoke(app, ["testbed", "judge", str(art), "--style", "cubist"]).exit_code == 2
     missing = runner.invoke(app, ["testbed", "judge", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "is not a folder" in missing.output
+
+
+def test_an_earlier_output_is_only_skipped_for_the_file_it_was_made_from(tmp_path, tiny_model_dir):
+    first, second = tmp_path / "2023", tmp_path / "2024"
+    for folder, seed in ((first, 1), (second, 2)):
+        folder.mkdir()
+        Image.fromarray(_noise(16, 16, seed=seed)).save(folder / "IMG_0001.png")
+    out = tmp_path / "protected"
+    common = ("--out", out, "--model", tiny_model_dir, "--steps", "1")
+    assert _protect(first, *common).exit_code == 0
+    made = (out / "IMG_0001.png").read_bytes()
+    record = json.loads((out / "IMG_0001.cloak.json").read_text())
+    assert record["source_sha256"] == hashlib.sha256((first / "IMG_0001.png").read_bytes()).hexdigest()
+
+    # Another picture of the same name: not skipped as if done, and the first one's copy is left alone.
+    clash = _protect(second, *common)
+    assert clash.exit_code == 1 and "is the cloaked copy of another file" in clash.output, clash.output
+    assert (out / "IMG_0001.png").read_bytes() == made
+
+    # The same file with other settings: skipped, and the output says so.
+    other = _protect(first, *common[:-1], "2")
+    assert other.exit_code == 0 and "made earlier with other settings (steps 1)" in other.output, other.output
+
+    # The artist edits the picture: the next run cloaks it again.
+    Image.fromarray(_noise(16, 16, seed=3)).save(first / "IMG_0001.png")
+    edited = _protect(first, *common)
+    assert edited.exit_code == 0 and "1 cloaked, 0 skipped" in edited.output, edited.output
+    assert (out / "IMG_0001.png").read_bytes() != made
+
+
+def test_lossy_outputs_record_the_saved_file_and_transparency_is_refused_first(tmp_path, tiny_model_dir):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_noise(32, 32)).save(folder / "noise.png")
+    Image.fromarray(_noise(16, 16, 4)).save(folder / "clear.png")
+    out = tmp_path / "out"
+    result = _protect(folder, "--out", out, "--model", tiny_model_dir, "--steps", "1", "--format", "jpeg")
+    assert result.exit_code == 1
+    assert "clear.png: it has transparency" in result.output and "1 cloaked, 0 skipped, 1 failed" in result.output
+    record = json.loads((out / "noise.cloak.json").read_text())
+    src = np.asarray(Image.open(folder / "noise.png")).astype(int)
+    saved = np.asarray(Image.open(out / "noise.jpg")).astype(int)
+    measured = int(np.abs(src - saved).max())
+    assert record["linf"] == measured  # the file on disk, not the pixels before JPEG compression
+    assert measured > 8  # JPEG of noise: the compression, not the cloak, sets the change
+    assert any("lossy compression changed the cloaked pixels" in note for note in record["notes"])
+    assert "lossy compression" in result.output
+
+
+def test_out_folder_is_checked_before_any_work(tmp_path, tiny_model_dir):
+    art = tmp_path / "art"
+    art.mkdir()
+    Image.fromarray(_noise(16, 16)).save(art / "a.png")
+    same = _protect(art, "--out", art, "--model", tiny_model_dir)
+    assert same.exit_code == 2 and "is the input folder itself" in same.output
+    (tmp_path / "file").write_text("x")
+    not_a_folder = _protect(art, "--out", tmp_path / "file", "--model", tiny_model_dir)
+    assert not_a_folder.exit_code == 2 and "is a file" in not_a_folder.output
+    unwritable = _protect(art, "--out", tmp_path / "file" / "sub", "--model", tiny_model_dir)
+    assert unwritable.exit_code == 2 and "cannot write into --out" in unwritable.output
+    assert "Traceback" not in same.output + not_a_folder.output + unwritable.output
+
+
+def test_out_above_the_input_folder_and_earlier_copies(tmp_path, tiny_model_dir, monkeypatch):
+    """`--out .` beside the art folder works; a later run over the whole tree passes over the cloaked copies."""
+    art = tmp_path / "art"
+    (art / ".thumbs").mkdir(parents=True)
+    Image.fromarray(_noise(16, 16)).save(art / "sketch [final].png")
+    Image.fromarray(_noise(8, 8, seed=4)).save(art / ".thumbs" / "small.png")
+    (art / "photo.heic").write_bytes(b"not read")
+    monkeypatch.chdir(tmp_path)
+    first = _protect("art", "--out", ".", "--model", tiny_model_dir, "--steps", "1")
+    assert first.exit_code == 0, first.output
+    assert "done art/sketch [final].png -> sketch [final].png" in first.output  # brackets are not markup
+    assert "1 cloaked" in first.output and not Path("small.png").exists()  # hidden folders are left out
+    assert "passed over 1 file that is not an image cloak reads (1 .heic)" in first.output
+    later = _protect(".", "--out", "again", "--model", tiny_model_dir, "--steps", "1")
+    assert later.exit_code == 0, later.output
+    assert "passed over 1 cloaked copy from an earlier run" in later.output
+    assert "1 cloaked" in later.output and not Path("again/sketch [final].png").exists()
+
+
+def test_ctrl_c_says_what_is_kept(tmp_path, tiny_model_dir, monkeypatch):
+    import cloak.batch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cloak.batch, "run_job", interrupted)
+    Image.fromarray(_noise(16, 16)).save(tmp_path / "a.png")
+    result = _protect(tmp_path / "a.png", "--out", tmp_path / "o", "--model", tiny_model_dir, "--steps", "1")
+    assert result.exit_code == 130
+    assert "interrupted: the images finished so far are saved" in result.output
