@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 
 import gradio as gr
@@ -218,7 +219,16 @@ def launch(
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, also from gradio's module-level helpers
     print(f"loading {model} and timing one step...", file=sys.stderr)
     backend = handlers.load_backend(model, device)
+    # Closing the terminal (SIGHUP) or `kill` (SIGTERM) would end the process without running `finally`, leaving
+    # every upload and result on disk; turned into the exit Ctrl-C already is, they clean up the same way.
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _interrupt)
     try:
         serve(backend, host=host, port=port, share=share, block=True)
     finally:
         shutil.rmtree(backend.work_root, ignore_errors=True)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -46,6 +46,9 @@ _CHUNK = 2**20  # bytes read at a time while unpacking
 # Side of the square test image timed at start-up, px (capped by the model's resolution). Small, so start-up
 # stays quick; the estimate scales the measured time by the number of pixels the model sees.
 TIMING_SIDE = 256
+# Side of the picture on which the full-size costs (those that grow with the file's pixels, not the model's) are
+# timed at start-up, px.
+CALIBRATION_SIDE = 1024
 
 Progress = Callable[..., Any]  # gr.Progress-like: progress(fraction in [0, 1], desc=str)
 
@@ -61,12 +64,18 @@ class Backend:
             preset's method with that preset's options (which change its cost), keyed by
             ``cloak.presets.method_label(method, options)``.
         work_root: folder under which each request writes its results.
+        pixel_step_seconds: seconds per optimiser step per pixel of the full-size image, besides the model
+            (resizing the change to each view and back, the update): what makes large files slow.
+        pixel_seconds: seconds per pixel of the full-size image once per image: reading, checking, writing and
+            measuring it, and the comparison pictures.
     """
 
     model: str
     components: Components
     step_seconds: Mapping[str, float]
     work_root: Path
+    pixel_step_seconds: float = 0.0
+    pixel_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,54 @@ def backend_for(components: Components, model: str, work_root: Path | None = Non
             timing[key] = time_step(components, preset.method, preset.options)
     root = Path(tempfile.mkdtemp(prefix="cloak-app-")) if work_root is None else Path(work_root)
     root.mkdir(parents=True, exist_ok=True)
-    return Backend(model=model, components=components, step_seconds=MappingProxyType(timing), work_root=root)
+    per_step, per_image = time_full_size(components, root)
+    return Backend(
+        model=model,
+        components=components,
+        step_seconds=MappingProxyType(timing),
+        work_root=root,
+        pixel_step_seconds=per_step,
+        pixel_seconds=per_image,
+    )
+
+
+def _ramps(height: int, width: int) -> np.ndarray:
+    """A smooth test picture, two colour ramps: (height, width, 3) uint8."""
+    across = np.linspace(0, 255, width).astype(np.uint8)
+    down = np.linspace(0, 255, height).astype(np.uint8)
+    return np.stack(
+        [np.tile(across, (height, 1)), np.tile(down[:, None], (1, width)), np.full((height, width), 128, np.uint8)],
+        axis=2,
+    )
+
+
+def time_full_size(components: Components, folder: Path, side: int = CALIBRATION_SIDE) -> tuple[float, float]:
+    """Seconds per full-size pixel that the model's views do not account for: per optimiser step, and per image.
+
+    Runs the whole path an upload takes (:func:`cloak.batch.run_job` and the comparison pictures) on a
+    ``side`` x ``side`` picture with the VAE-only encoder method for two steps, and subtracts what
+    :func:`time_step` predicts for the model. Without this a 4000x3000 file was estimated at a second and took 40.
+    """
+    from cloak.protect import CloakConfig, Cloaker
+
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        source = Path(scratch) / "calibration.png"
+        Image.fromarray(_ramps(side, side)).save(source)
+        cloaker = Cloaker(components, CloakConfig(method="encoder", steps=2))
+        model_step = time_step(components, "encoder") * view_pixels(cloaker, side, side)
+        stamps: list[float] = []
+        job = Job(source=source, output=Path(scratch) / "out.png", sidecar=Path(scratch) / "out.cloak.json")
+        start = time.perf_counter()
+        outcome = run_job(job, cloaker, seed=0, callback=lambda i, n, loss: stamps.append(time.perf_counter()))
+        if outcome.status != "done":
+            return 0.0, 0.0  # no estimate beats a wrong one; the model's part is still counted
+        _comparison(Upload("calibration.png", source), job.output, Path(scratch), "calibration", cloaker.config.eps)
+        total = time.perf_counter() - start
+    step = stamps[1] - stamps[0]
+    pixels = side * side
+    per_step = max(0.0, step - model_step) / pixels
+    per_image = max(0.0, total - 2 * step - model_step) / pixels  # the rest, less the target's model evaluation
+    return per_step, per_image
 
 
 def time_step(components: Components, method: str, options: Mapping[str, Any] | None = None) -> float:
@@ -167,10 +223,7 @@ def time_step(components: Components, method: str, options: Mapping[str, Any] | 
     from cloak.protect import CloakConfig, Cloaker
 
     side = min(TIMING_SIDE, components.resolution)
-    ramp = np.linspace(0, 255, side).astype(np.uint8)
-    rgb = np.stack(
-        [np.tile(ramp, (side, 1)), np.tile(ramp[:, None], (1, side)), np.full((side, side), 128, np.uint8)], axis=2
-    )  # (side, side, 3): two colour ramps
+    rgb = _ramps(side, side)
     cloaker = Cloaker(components, CloakConfig(method=method, steps=2, options=dict(options or {})))
     stamps: list[float] = []
     cloaker.protect(rgb, seed=0, callback=lambda step, steps, loss: stamps.append(time.perf_counter()))
@@ -251,7 +304,12 @@ def extract_zip(archive: Path, dest: Path, label: str) -> tuple[list[Upload], li
                                 refused = f"the zip unpacks to more than {ZIP_MAX_TOTAL_BYTES / 2**30:g} GiB in all"
                                 break
                             out.write(chunk)
-                except (zipfile.BadZipFile, RuntimeError, OSError, EOFError) as err:  # corrupt, encrypted
+                except RuntimeError as err:  # zipfile's words for a password-protected member
+                    refused = (
+                        "it is password-protected; zip it again without a password"
+                        if member.flag_bits & 0x1 else f"cannot be unpacked ({err})"
+                    )
+                except (zipfile.BadZipFile, OSError, EOFError) as err:  # corrupt
                     refused = f"cannot be unpacked ({err})"
                 if refused:
                     target.unlink(missing_ok=True)
@@ -327,7 +385,8 @@ def estimate_seconds(backend: Backend, sizes: Sequence[tuple[int, int]], config)
 
     Scales the step time measured at start-up for ``config.method`` with ``config.options`` by the pixels the model
     sees for each image (images larger than the model's resolution are resized or tiled first) and by the number of
-    steps, plus one step for computing the target. None when that method and options were not timed at start-up.
+    steps, plus one step for computing the target; and adds the costs that grow with the file's own pixels, per step
+    and once per image (:func:`time_full_size`). None when that method and options were not timed at start-up.
     """
     from cloak.protect import Cloaker
 
@@ -335,7 +394,11 @@ def estimate_seconds(backend: Backend, sizes: Sequence[tuple[int, int]], config)
     if rate is None:
         return None
     cloaker = Cloaker(backend.components, config)
-    return sum((config.steps + 1) * view_pixels(cloaker, height, width) * rate for width, height in sizes)
+    return sum(
+        (config.steps + 1) * view_pixels(cloaker, height, width) * rate
+        + width * height * (config.steps * backend.pixel_step_seconds + backend.pixel_seconds)
+        for width, height in sizes
+    )
 
 
 def estimate(
@@ -360,7 +423,10 @@ def estimate(
             try:
                 with Image.open(upload.path) as im:  # reads the header only
                     width, height = im.size
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            except Image.DecompressionBombError:
+                too_large += 1
+                continue
+            except (OSError, SyntaxError, ValueError):
                 continue
             if width * height > imageio.MAX_PIXELS:
                 too_large += 1
@@ -370,10 +436,13 @@ def estimate(
         return "None of these files can be cloaked: " + ("too large." if too_large else "not readable as images.")
     seconds = estimate_seconds(backend, sizes, config)
     if seconds is None:
+        from cloak.methods import METHODS
+
+        slower = " It is usually slower, because it runs the diffusion model too." if "unet" in METHODS[
+            config.method].needs else ""
         return (
             f"No time estimate for the **{method_label(config.method, config.options)}** method: only "
-            f"{', '.join(backend.step_seconds)} was "
-            "timed at start-up. It is usually slower, because it runs the diffusion model too."
+            f"{', '.join(backend.step_seconds)} was timed at start-up.{slower}"
         )
     count, unreadable = len(sizes), len(uploads) - len(sizes) - too_large
     text = (
@@ -461,19 +530,24 @@ def protect_uploads(
     taken: set[str] = set()
     items: list[ItemResult] = []
     for index, upload in enumerate(uploads):
-        stem = _unique_stem(upload.name, taken)
+        # Zip member names may use either slash; the file is named after the last part only.
+        stem = _unique_stem(PurePosixPath(upload.name.replace("\\", "/")).name, taken)
         job = Job(source=upload.path, output=out_dir / f"{stem}.png", sidecar=out_dir / f"{stem}.cloak.json")
 
         def step(i: int, n: int, loss: float, index: int = index, name: str = upload.name) -> None:
-            if progress is not None:
-                progress((index + i / n) / len(uploads), desc=f"{name}: step {i} of {n}")
+            if progress is not None:  # the steps are most of an image's share of the bar, not all of it
+                desc = f"{name}: step {i} of {n}" if i < n else f"{name}: saving and measuring"
+                progress((index + 0.85 * i / n) / len(uploads), desc=desc)
 
         if progress is not None:
             progress(index / len(uploads), desc=f"{upload.name}: starting")
-        outcome = run_job(job, cloaker, seed=seed, describe=describe, callback=step)
+        # The record names the file as the artist uploaded it (the page's own copy is temporary).
+        outcome = run_job(job, cloaker, seed=seed, describe={**describe, "source": upload.name}, callback=step)
         if outcome.status != "done":
             items.append(ItemResult(upload.name, "failed", outcome.message.replace(str(upload.path), upload.name)))
             continue
+        if progress is not None:
+            progress((index + 0.9) / len(uploads), desc=f"{upload.name}: making the comparison pictures")
         try:
             before, difference = _comparison(upload, job.output, side_dir, stem, config.eps)
         except (ImageError, OSError) as err:  # the files were written; only the comparison is missing
@@ -520,11 +594,18 @@ def results_table(report: Report) -> list[list[Any]]:
         if item.status == "done":
             psnr = "identical" if r["psnr"] is None else round(r["psnr"], 1)
             rows.append(
-                [item.name, "protected", r["linf"], psnr, round(r["ssim"], 3), round(r["seconds"], 1), item.message]
+                [_shown(item), "protected", r["linf"], psnr, round(r["ssim"], 3), round(r["seconds"], 1), item.message]
             )
         else:
             rows.append([item.name, "FAILED", "", "", "", "", item.message])
     return rows
+
+
+def _shown(item: ItemResult) -> str:
+    """The uploaded name, and the saved file's name when it differs (two uploads of the same name, or a zip)."""
+    if item.output is None or PurePosixPath(item.name.replace("\\", "/")).stem == item.output.stem:
+        return item.name
+    return f"{item.name} (saved as {item.output.name})"
 
 
 def summary(report: Report) -> str:
@@ -549,7 +630,7 @@ def summary(report: Report) -> str:
 def gallery_items(report: Report) -> list[tuple[str, str]]:
     """The cloaked PNGs as (file path, caption) pairs: shown as they are, never re-encoded."""
     return [
-        (str(item.output), f"{item.name}: change at most {item.record['linf']}/255")
+        (str(item.output), f"{_shown(item)}: change at most {item.record['linf']}/255")
         for item in report.items
         if item.status == "done"
     ]

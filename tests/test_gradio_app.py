@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -124,7 +125,12 @@ def test_one_corrupt_file_does_not_stop_the_others(backend, uploads):
         f"sky.png: change at most {sky.record['linf']}/255"
     ]
     fractions = [f for f, _ in calls]
-    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and "sky.png: step 2 of 2" in [d for _, d in calls]
+    descriptions = [d for _, d in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and "sky.png: step 1 of 2" in descriptions
+    # The bar is not full before the work is: saving, measuring and the comparison come after the last step.
+    assert descriptions[-3:] == ["sky.png: saving and measuring", "sky.png: making the comparison pictures",
+                                 "finished"]
+    assert max(fractions[:-1]) < 1.0
     with zipfile.ZipFile(report.archive) as zf:
         assert sorted(zf.namelist()) == ["sky.cloak.json", "sky.png"]
 
@@ -168,6 +174,7 @@ def test_zip_upload_is_unpacked_safely(backend, uploads, tmp_path):
             "notes.txt": b"hello",
             "__MACOSX/portfolio/._a.png": b"resource fork",
             "portfolio/": b"",
+            "old\\2023\\sunset.png": png,  # written on Windows: backslashes
         },
     )
     report = handlers.protect_uploads(backend, [archive, uploads["glass.png"]], "fast", None, None, 2, seed=0)
@@ -177,10 +184,18 @@ def test_zip_upload_is_unpacked_safely(backend, uploads, tmp_path):
         "portfolio.zip/portfolio/sub/a.png",
         "portfolio.zip/../../escape.png",
         "portfolio.zip//abs/root.png",
+        "portfolio.zip/old\\2023\\sunset.png",
         "glass.png",
     ]
     assert all(item.status == "done" for item in report.items)
-    assert [item.output.name for item in report.items] == ["a.png", "a-2.png", "escape.png", "root.png", "glass.png"]
+    assert [item.output.name for item in report.items] == [
+        "a.png", "a-2.png", "escape.png", "root.png", "sunset.png", "glass.png"
+    ]
+    # Each result can be told from its original: the table says where a renamed copy went, the record names the
+    # file as uploaded (the page's own copy of it is gone).
+    rows = handlers.results_table(report)
+    assert rows[1][0] == "portfolio.zip/portfolio/sub/a.png (saved as a-2.png)" and rows[0][0] == names[0]
+    assert json.loads(report.items[1].sidecar.read_text())["source"] == "portfolio.zip/portfolio/sub/a.png"
     assert all(item.output.parent == report.items[0].output.parent for item in report.items)
     assert not (tmp_path.parent / "escape.png").exists() and not Path("/abs/root.png").exists()
     assert report.skipped == [
@@ -203,6 +218,16 @@ def test_zip_limits_and_broken_zips(backend, tmp_path, monkeypatch):
         [],
         ["big.zip: holds 2 files; at most 1 per zip are accepted. Split it into smaller zips."],
     )
+    # A password-protected member (the encryption flag set in both headers) is named as such, not as Python's text.
+    locked = bytearray(_zip(tmp_path / "locked.zip", {"secret.png": png}).read_bytes())
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = locked.index(signature) + flag_at
+        locked[at] |= 0x1
+    (tmp_path / "locked.zip").write_bytes(bytes(locked))
+    found, messages = handlers.extract_zip(tmp_path / "locked.zip", tmp_path / "out4", "locked.zip")
+    assert found == [] and messages == [
+        "locked.zip/secret.png: skipped, it is password-protected; zip it again without a password."
+    ]
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"PK\x03\x04 not a zip")
     found, messages = handlers.extract_zip(bad, tmp_path / "out3", "bad.zip")
@@ -243,7 +268,19 @@ def test_estimate_scales_with_steps_and_images(backend, uploads):
     one = handlers.estimate_seconds(backend, [(40, 24)], fast)
     assert one > 0
     assert handlers.estimate_seconds(backend, [(40, 24)] * 3, fast) == pytest.approx(3 * one)
-    assert handlers.estimate_seconds(backend, [(40, 24)], strong) == pytest.approx(one * 65 / 5)
+    # The model's part grows with steps + 1 (the target), the full-size part per step with steps, plus once per image.
+    model_only = dataclasses.replace(backend, pixel_step_seconds=0.0, pixel_seconds=0.0)
+    model_one = handlers.estimate_seconds(model_only, [(40, 24)], fast)
+    assert handlers.estimate_seconds(model_only, [(40, 24)], strong) == pytest.approx(model_one * 65 / 5)
+    sized = dataclasses.replace(backend, pixel_step_seconds=1e-6, pixel_seconds=3e-6)
+    assert handlers.estimate_seconds(sized, [(40, 24)], strong) == pytest.approx(
+        model_one * 65 / 5 + 40 * 24 * (64 * 1e-6 + 3e-6)
+    )
+    # Measured at start-up: a large file costs far more than a small one, though the model sees both at its size.
+    assert backend.pixel_step_seconds > 0 and backend.pixel_seconds > 0
+    assert handlers.estimate_seconds(backend, [(4000, 3000)], fast) > 10 * handlers.estimate_seconds(
+        backend, [(400, 300)], fast
+    )
     assert handlers.estimate_seconds(backend, [(40, 24)], handlers.make_config("fast", "advdm", None, None)) is None
     # The default preset's mist was timed with its options; mist picked by hand runs without them (another cost).
     assert handlers.estimate_seconds(backend, [(40, 24)], handlers.make_config("default", None, None, None)) > 0
