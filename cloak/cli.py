@@ -15,8 +15,13 @@ from rich.markup import escape
 from cloak import __version__
 from cloak.testbed.cli import app as testbed_app
 
-# Kept as a literal (not imported from cloak.models) so that `cloak --help` does not import torch.
+# Kept as literals (not imported from cloak.models and attacks) so that `cloak --help` does not import torch; a test
+# keeps PURIFIERS equal to the registry's names.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+PURIFIERS = (
+    "identity", "jpeg", "webp", "resize", "crop", "blur", "noise", "median", "bitdepth", "adverse_cleaner", "diffpure",
+    "gridpure", "noisy_upscale", "impress",
+)
 
 app = typer.Typer(
     help="Protect artworks from style mimicry by diffusion models (DreamBooth, LoRA, img2img).",
@@ -42,7 +47,7 @@ def _main(
 
 
 def _usage_error(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")  # messages quote TOML tables such as [[defences]]
     return typer.Exit(2)
 
 
@@ -159,7 +164,7 @@ def _protect_all(inputs, out, config, preset, fmt, model, device, seed, overwrit
                 cloaker = Cloaker(components, config, lpips_model=lpips_model if config.lpips_bound else None)
                 slim_for_cloaking(components, cloaker)  # the same cloak in 2.2 GiB less for SD-1.5
         except ModelNotFoundError as err:
-            console.print(f"[red]error:[/red] {err}")
+            console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(1) from None
         except ConfigError as err:
             raise _usage_error(str(err)) from None
@@ -231,7 +236,9 @@ def _protect_all(inputs, out, config, preset, fmt, model, device, seed, overwrit
 def purify(
     inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or glob patterns."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the purified PNGs and purify.json."),
-    attack: list[str] = typer.Option(..., help="Purifier spec, e.g. jpeg:quality=75 or diffpure:t=0.2 (repeatable)."),
+    attack: list[str] = typer.Option(
+        ..., help=f"Purifier spec, e.g. jpeg:quality=75 or diffpure:t=0.2 (repeatable); one of {', '.join(PURIFIERS)}."
+    ),
     model: str | None = typer.Option(None, help="Model for diffusion purifiers: `testbed`, a model id or folder."),
     seed: int = typer.Option(0, help="Random seed of every draw."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps."),
@@ -252,7 +259,7 @@ def purify(
         code = purify_files([str(p) for p, _ in pairs], out, attack, model, seed, device,
                             echo=lambda line: console.print(line, markup=False))
     except ModelNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(1) from None
     except ConfigError as err:
         raise _usage_error(str(err)) from None
@@ -274,7 +281,7 @@ def web_app(
     try:
         launch(model, host=host, port=port, share=share, device=device)
     except ModelNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(1) from None
     except ConfigError as err:
         raise _usage_error(str(err)) from None
@@ -296,10 +303,16 @@ def evaluate(
     from cloak.errors import ConfigError, ModelNotFoundError
     from eval.runner import run
 
+    if out.exists() and not out.is_dir():
+        raise _usage_error(f"--out {out} is a file; give a folder for the results.")
     try:
         code = run(config, out, resume=resume, artists=artist, device=device)
+    except KeyboardInterrupt:
+        console.print(f"\ninterrupted: every finished cell is saved in {escape(str(out))} (results.json, and its "
+                      "tables); run the same command again to go on from there.")
+        raise typer.Exit(130) from None
     except ModelNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(1) from None
     except ConfigError as err:
         raise _usage_error(str(err)) from None
@@ -309,12 +322,12 @@ def evaluate(
 def _check_out_folder(out: Path, inputs: list[str]) -> None:
     """Refuse, before any work, an ``--out`` that cannot take the outputs: a file, or an input folder."""
     if out.exists() and not out.is_dir():
-        raise _usage_error(f"--out {escape(str(out))} is a file; give a folder for the cloaked copies.")
+        raise _usage_error(f"--out {out} is a file; give a folder for the cloaked copies.")
     for item in inputs:
         if Path(item).is_dir() and Path(item).resolve() == out.resolve():
             raise _usage_error(
-                f"--out {escape(str(out))} is the input folder itself: the cloaked copies would sit among the "
-                f"originals. Give a separate folder, e.g. --out {escape(str(out.resolve().name))}-protected"
+                f"--out {out} is the input folder itself: the cloaked copies would sit among the "
+                f"originals. Give a separate folder, e.g. --out {out.resolve().name}-protected"
             )
 
 
@@ -326,7 +339,7 @@ def _check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise _usage_error(
-            f"cannot write into --out {escape(str(out))} ({err.strerror or err}); choose a folder you can write to."
+            f"cannot write into --out {out} ({err.strerror or err}); choose a folder you can write to."
         ) from None
 
 

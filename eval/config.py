@@ -76,6 +76,9 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 """The built-in configs, one TOML file each (:func:`builtin_configs` lists their names)."""
 MIMIC_KINDS = ("dreambooth", "lora", "img2img")
 DTYPES = ("float32", "float16", "bfloat16")
+# Seeds stay below this: each seeds its random streams as ``seed * 1000 + stream`` (eval.runner), which must fit
+# a signed 64-bit generator seed.
+MAX_SEED = 2**63 // 1000 - 1
 
 
 @dataclass(frozen=True)
@@ -316,8 +319,14 @@ def parse_config(raw: dict[str, Any], path: Path) -> EvalConfig:
     if top.get("dtype", "float32") not in DTYPES:
         raise ConfigError(f"{where}: `dtype` must be one of {', '.join(DTYPES)}, got {top['dtype']!r}.")
     seeds = top.get("seeds", (0,))
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"{where}: `seeds` must be distinct integers >= 0, at least one, got {list(seeds)}.")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) >= MAX_SEED:
+        raise ConfigError(
+            f"{where}: `seeds` must be distinct integers from 0 to {MAX_SEED - 1:,}, at least one, got {list(seeds)}."
+        )
+    if not isinstance(top["model"], str) or not top["model"].strip():
+        raise ConfigError(
+            f"{where}: `model` must name a model (`testbed`, a hub id or a folder), got {top['model']!r}."
+        )
     attacks_ = tuple(top.get("attacks", ()))
     for spec in attacks_:
         _check_attack(spec, f"{where}: `attacks`")
@@ -369,13 +378,31 @@ def with_artist_folders(config: EvalConfig, folders: list[str | Path] | tuple[st
 
 
 def check_artist_folders(config: EvalConfig) -> None:
-    """Fail before any model loads when a folder artist's folder is missing."""
+    """Fail before any model loads when a folder artist's folder is missing or holds too few images, or a
+    ``precomputed`` defence's folder is missing."""
+    from cloak.imageio import SUPPORTED_SUFFIXES
+
     for a in config.artists:
-        if a.folder is not None and not a.folder.is_dir():
+        if a.folder is None:
+            continue
+        if not a.folder.is_dir():
             raise ConfigError(
                 f"{config.source}: artist {a.name!r}: the folder {a.folder} does not exist; set `folder` in the "
                 "config or pass the artist's folder (cloak eval CONFIG --artist FOLDER)."
             )
+        images = sum(p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES for p in a.folder.iterdir())
+        if images < a.n_train + 2:  # a folder holds out all but n_train (eval.data.load_artist)
+            raise ConfigError(
+                f"{config.source}: artist {a.name!r}: the folder {a.folder} holds {images} images; this config "
+                f"needs at least {a.n_train + 2} ({a.n_train} to train on, at least 2 held out to judge by)."
+            )
+    for d in config.defences:
+        for a in config.artists if d.precomputed is not None else ():
+            folder = Path(d.precomputed.replace("{artist}", a.name)).expanduser()
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"{config.source}: defence {d.name!r}: the `precomputed` folder {folder} does not exist."
+                )
 
 
 def _tables(raw: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
@@ -507,6 +534,8 @@ def _mimic(t: dict[str, Any], where: str) -> list[MimicSpec]:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} for img2img; expected strength, prompt.")
         strengths = rest.get("strength", 0.5)
         strengths = strengths if isinstance(strengths, list) else [strengths]
+        if not strengths:
+            raise ConfigError(f"{where}: `strength` must be a number in [0, 1] or a non-empty list of them, got [].")
         prompt = rest.get("prompt", "a painting")
         if not isinstance(prompt, str):
             raise ConfigError(f"{where}: `prompt` must be a string, got {prompt!r}.")
@@ -533,7 +562,7 @@ def _mimic(t: dict[str, Any], where: str) -> list[MimicSpec]:
 
 
 def _check_attack(spec: Any, where: str) -> None:
-    from attacks import ATTACKS, needs_model, parse_spec
+    from attacks import ATTACKS, check_spec, needs_model, parse_spec
     from cloak.specs import split_spec
 
     if not isinstance(spec, str):
@@ -542,8 +571,9 @@ def _check_attack(spec: Any, where: str) -> None:
         for item in split_spec(spec):
             if item.name not in ATTACKS:
                 raise ConfigError(f"unknown attack {item.name!r} in {spec!r}; known: {', '.join(ATTACKS)}.")
-        if not needs_model(spec):
-            parse_spec(spec)  # full parameter validation; diffusion purifiers are checked when built
+        # Every parameter is checked here, before any cell runs; the diffusion purifiers' checks that need the
+        # model (a tile size against its resolution) come when they are built.
+        check_spec(spec) if needs_model(spec) else parse_spec(spec)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
 

@@ -8,6 +8,7 @@ seed) and (artist, defence, seed, attack), so a re-run and every mimic reuse the
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from dataclasses import asdict, dataclass, is_dataclass
@@ -20,7 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from cloak.errors import ConfigError
-from cloak.imageio import SUPPORTED_SUFFIXES, load_artwork
+from cloak.imageio import SUPPORTED_SUFFIXES, atomic_write_bytes, load_artwork
 from eval.config import ArtistSpec, DefenceSpec
 
 HELDOUT_SEED_OFFSET = 10_000
@@ -136,11 +137,18 @@ def fingerprint(obj: Any) -> str:
 
 
 def save_set(folder: Path, names: tuple[str, ...], images: list[np.ndarray], inputs: Any = None) -> None:
-    """Write images as ``<name>.png`` into ``folder`` (created), and the fingerprint of ``inputs`` beside them."""
+    """Write images as ``<name>.png`` into ``folder`` (created), and the fingerprint of ``inputs`` beside them.
+
+    The fingerprint goes first out and last in: a rewrite stopped half-way leaves no fingerprint, so a mix of old
+    and new images is never read back as either set (`load_set`).
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / INPUTS_FILE).unlink(missing_ok=True)
     for name, rgb in zip(names, images, strict=True):
-        Image.fromarray(rgb).save(folder / f"{name}.png")
-    (folder / INPUTS_FILE).write_text(json.dumps({"fingerprint": fingerprint(inputs)}) + "\n")
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        atomic_write_bytes(folder / f"{name}.png", buffer.getvalue())
+    atomic_write_bytes(folder / INPUTS_FILE, (json.dumps({"fingerprint": fingerprint(inputs)}) + "\n").encode())
 
 
 def load_set(folder: Path, names: tuple[str, ...], inputs: Any = None) -> list[np.ndarray] | None:

@@ -98,8 +98,8 @@ class FinetuneConfig:
         for name in ("steps", "batch_size", "num_class_images", "class_inference_steps", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if not self.lr > 0:
-            raise ConfigError(f"`lr` must be > 0, got {self.lr}.")
+        if not 0 < self.lr < float("inf"):
+            raise ConfigError(f"`lr` must be a finite number > 0, got {self.lr}.")
         if not self.lora_targets:
             raise ConfigError("`lora_targets` must name at least one module, got none.")
 

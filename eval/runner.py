@@ -498,7 +498,8 @@ def _load_rows_list(path: Path) -> list[dict[str, Any]]:
         return json.loads(path.read_text(encoding="utf-8")).get("cells", [])
     except ValueError as err:
         raise ConfigError(
-            f"cannot resume from {path}: not valid JSON ({err}); delete it or pass resume=False."
+            f"cannot resume from {path}: not valid JSON ({err}); delete it, or start afresh with --no-resume "
+            "(resume=False in Python)."
         ) from None
 
 
@@ -558,6 +559,7 @@ def run(
         ModelNotFoundError: the model, judge or CLIP weights cannot be loaded.
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -573,7 +575,7 @@ def run(
     check_artist_folders(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # no hard wrap at 80 columns when stderr is a log file
     log = log or console.print
     with session(device or config.device) as node:  # under torchrun / accelerate launch: this rank's cells
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -624,35 +626,46 @@ def run(
             TimeRemainingColumn(),
         )
         # One live bar per terminal: rank 0's (its share); the other ranks log their lines only.
-        with Progress(*columns, console=console, disable=not progress or not node.is_main) as bar:
-            resumed = len(cells) - len(todo)
-            task = bar.add_task(f"{node.label}cells", total=resumed + len(mine), completed=resumed)
-            for cell in mine:
-                bar.update(task, description=f"{cell.artist} {cell.defence} {cell.attack} {cell.mimic} s{cell.seed}")
-                try:
-                    row = grid.run_cell(cell)
-                except CELL_ERRORS as err:
-                    message = f"{type(err).__name__}: {err}"
-                    row = {
-                        "artist": cell.artist,
-                        "defence": cell.defence,
-                        "attack": cell.attack,
-                        "mimic": cell.mimic,
-                        "seed": cell.seed,
-                        "status": "failed",
-                        "error": message,
-                    }
-                    failures.append(f"== {cell.key}\n{traceback.format_exc()}")
-                    log(f"{node.label}[red]failed[/red] {cell.key}: {message}")
-                else:
-                    log(f"{node.label}done {cell.key}: score {row.get('score')} in {row['seconds']} s")
-                row["key"], row["inputs"] = cell.key, prints[cell.key]
-                rows[cell.key] = new_rows[cell.key] = _finite(row)
-                if node.world_size == 1:
-                    _write_results(out_dir, config, cells, rows)
-                else:
-                    atomic_write_json(part, {"config": config.name, "cells": list(new_rows.values())})
-                bar.advance(task)
+        try:
+            with Progress(*columns, console=console, disable=not progress or not node.is_main) as bar:
+                resumed = len(cells) - len(todo)
+                task = bar.add_task(f"{node.label}cells", total=resumed + len(mine), completed=resumed)
+                for cell in mine:
+                    what = f"{cell.artist} {cell.defence} {cell.attack} {cell.mimic} s{cell.seed}"
+                    bar.update(task, description=escape(what))
+                    try:
+                        row = grid.run_cell(cell)
+                    except CELL_ERRORS as err:
+                        message = f"{type(err).__name__}: {err}"
+                        row = {
+                            "artist": cell.artist,
+                            "defence": cell.defence,
+                            "attack": cell.attack,
+                            "mimic": cell.mimic,
+                            "seed": cell.seed,
+                            "status": "failed",
+                            "error": message,
+                        }
+                        failures.append(f"== {cell.key}\n{traceback.format_exc()}")
+                        log(f"{node.label}[red]failed[/red] {escape(cell.key)}: {escape(message)}")
+                    else:
+                        log(f"{node.label}done {escape(cell.key)}: score {row.get('score')} in {row['seconds']} s")
+                    row["key"], row["inputs"] = cell.key, prints[cell.key]
+                    rows[cell.key] = new_rows[cell.key] = _finite(row)
+                    if node.world_size == 1:
+                        _write_results(out_dir, config, cells, rows)
+                    else:
+                        atomic_write_json(part, {"config": config.name, "cells": list(new_rows.values())})
+                    bar.advance(task)
+        except KeyboardInterrupt:
+            if node.world_size == 1 and rows:  # the finished cells are in results.json: write their tables too
+                from eval.report import write_report
+
+                ordered = [rows[c.key] for c in cells if c.key in rows]
+                write_csv(out_dir / "results.csv", ordered)
+                run_info.update(interrupted=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                write_report(out_dir, config, ordered, _write_results(out_dir, config, cells, rows), run_info)
+            raise
         gathered = gather((new_rows, failures))
         if node.is_main:
             for their_rows, their_failures in gathered[1:]:

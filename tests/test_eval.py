@@ -348,6 +348,13 @@ def test_cli_help_points_to_the_builtin_configs_and_an_unknown_name_lists_them()
             MINIMAL + "[[defences]]\nname = 'g'\nprecomputed = 'x'\neps = 8\n",
             "takes only `name` and `fraction`, got also eps",
         ),
+        # Checked when the config loads, not after the cells before them have run:
+        ("attacks = ['diffpure:t=5']\n" + MINIMAL, r"`attacks`: .*`t` must be"),
+        ("attacks = ['gridpure:foo=1']\n" + MINIMAL, r"`attacks`: .*foo"),
+        (MINIMAL + "[[mimics]]\nkind = 'img2img'\nstrength = []\n", "a non-empty list"),
+        (MINIMAL.replace('model = "m"', 'model = "m"\nseeds = [10000000000000000]'), "`seeds` must be distinct"),
+        (MINIMAL.replace('model = "m"', 'model = ""'), "`model` must name a model"),
+        (MINIMAL.replace('kind = "dreambooth"', 'kind = "dreambooth"\nlr = inf'), "`lr` must be a finite number"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, text, message):
@@ -582,6 +589,50 @@ def test_missing_artist_folder_fails_before_loading_anything(tmp_path):
 
     with pytest.raises(ConfigError, match=r"artist 'artist': the folder .* does not exist; .* --artist FOLDER"):
         run("paper-style", tmp_path / "out", progress=False)
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(few / f"{i}.png")
+    with pytest.raises(ConfigError, match=r"holds 3 images; this config needs at least 20 \(18 to train on"):
+        run("paper-style", tmp_path / "out", artists=[few], progress=False)
+    missing = _write(tmp_path, MINIMAL + "[[defences]]\nname = 'glaze'\nprecomputed = 'nowhere/{artist}'\n")
+    with pytest.raises(ConfigError, match=r"defence 'glaze': the `precomputed` folder nowhere/marbling does not"):
+        run(missing, tmp_path / "out", progress=False)
+
+
+def test_an_interrupted_cache_rewrite_is_never_read_back(tmp_path, monkeypatch):
+    from eval import data
+
+    names = ("a", "b")
+    first = [np.full((4, 4, 3), 10, np.uint8), np.full((4, 4, 3), 20, np.uint8)]
+    data.save_set(tmp_path, names, first, inputs={"setting": 1})
+    calls = []
+
+    def dies_on_the_second(path, payload):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        (tmp_path / Path(path).name).write_bytes(payload)
+
+    monkeypatch.setattr(data, "atomic_write_bytes", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        data.save_set(tmp_path, names, [np.full((4, 4, 3), 99, np.uint8)] * 2, inputs={"setting": 2})
+    # a.png is new, b.png old: read as neither setting's set
+    assert data.load_set(tmp_path, names, inputs={"setting": 1}) is None
+    assert data.load_set(tmp_path, names, inputs={"setting": 2}) is None
+
+
+def test_eval_cli_keeps_the_section_name_and_refuses_a_file_as_out(tmp_path):
+    from typer.testing import CliRunner
+
+    from cloak.cli import app
+
+    bad = _write(tmp_path, MINIMAL + "[[defences]]\nmethod = 'encoder'\neps = 8\nstep = 3\n")
+    result = CliRunner().invoke(app, ["eval", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "[[defences]] #1: unknown key `step`" in result.output, result.output
+    (tmp_path / "file").write_text("x")
+    on_file = CliRunner().invoke(app, ["eval", "quick", "--out", str(tmp_path / "file")])
+    assert on_file.exit_code == 2 and "is a file" in on_file.output
 
 
 def test_surrogate_defence_cloaks_against_the_other_model(micro_grid, tmp_path):
