@@ -5,7 +5,8 @@ next to the others, flat in ``out_dir``::
 
     <out_dir>/<stem>.<spec slug>.png      e.g. painting.jpeg.png, painting.jpeg-quality=50.png,
                                                painting.blur-sigma=2+noise.png
-    <out_dir>/purify.json                 specs, seed, model, and the parameters each output was made with
+    <out_dir>/purify.json                 every output in the folder (this run's and earlier runs'), with the
+                                          spec, seed, model and parameters it was made with
 
 The slug is the canonical spec (`attacks.base.Purifier.spec`, defaults left out) with ``:`` and ``,`` turned
 into ``-``. Writes are atomic; inputs are never overwritten (an output path that is an input is refused before
@@ -15,6 +16,7 @@ anything runs). Alpha, ICC profile and EXIF are written back as loaded; a greysc
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,15 @@ def spec_slug(spec: str) -> str:
 def output_path(out_dir: Path, input_path: Path, spec: str) -> Path:
     """Where the purified copy of ``input_path`` by ``spec`` (canonical) is written."""
     return out_dir / f"{input_path.stem}.{spec_slug(spec)}.png"
+
+
+def _earlier_outputs(path: Path) -> list[dict]:
+    """The output entries of an earlier ``purify.json`` whose files still exist (none if it is unreadable)."""
+    try:
+        outputs = json.loads(path.read_text(encoding="utf-8")).get("outputs", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [o for o in outputs if isinstance(o, dict) and Path(str(o.get("output", ""))).is_file()]
 
 
 def _stderr(message: str) -> None:
@@ -86,7 +97,7 @@ def purify_files(
         from cloak.models import load_components
 
         components = load_components(model, MODEL_PARTS, device=device)
-    purifiers = [parse_spec(s, components) for s in specs]
+    purifiers = list({p.spec: p for p in (parse_spec(s, components) for s in specs)}.values())  # each spec once
 
     out_dir = Path(out_dir)
     paths = [Path(p) for p in inputs]
@@ -106,7 +117,10 @@ def purify_files(
                 raise ConfigError(f"{target} is an input file and would be overwritten; choose another --out folder.")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    record: dict = {"specs": [p.spec for p in purifiers], "seed": seed, "model": model, "outputs": []}
+    # purify.json describes every output in the folder: earlier runs' entries are kept, unless this run rewrote
+    # their file. Each entry carries its own spec, seed and model.
+    earlier = _earlier_outputs(out_dir / "purify.json")
+    record: dict = {"specs": [p.spec for p in purifiers], "seed": seed, "model": model, "outputs": earlier}
     failures = 0
     for path in paths:
         try:
@@ -120,7 +134,13 @@ def purify_files(
             target = output_path(out_dir, path, purifier.spec)
             generator = torch.Generator().manual_seed(seed)
             params = purifier.sample(generator)
-            y = purifier.apply(x, params)
+            try:  # one file a purifier cannot take (e.g. smaller than its filter) does not stop the others
+                y = purifier.apply(x, params)
+            except (CloakError, RuntimeError, ValueError) as err:
+                echo(f"error: {path}: {purifier.spec} cannot be applied to this image "
+                     f"({artwork.size[0]}x{artwork.size[1]} px): {err}")
+                failures += 1
+                continue
             if artwork.grey:
                 y = y.mean(dim=1, keepdim=True).expand_as(y)
             try:
@@ -129,8 +149,10 @@ def purify_files(
                 echo(f"error: cannot write {target}: {err}")
                 failures += 1
                 continue
+            record["outputs"] = [o for o in record["outputs"] if o["output"] != str(target)]
             record["outputs"].append(
-                {"input": str(path), "output": str(target), "spec": purifier.spec, "params": params}
+                {"input": str(path), "output": str(target), "spec": purifier.spec, "params": params, "seed": seed,
+                 "model": model}
             )
             echo(f"{path.name} -> {target.name}")
     atomic_write_json(out_dir / "purify.json", record)

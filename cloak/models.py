@@ -6,6 +6,7 @@ one `ModelNotFoundError` line that names the model, the cache folder and how to 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,10 +233,14 @@ def _load_from_diffusers(
     """Load `parts` and the VAE config (for the resolution) from a diffusers folder or hub id."""
     from diffusers import AutoencoderKL
 
-    loaded = {part: _load_part(part, source, local_files_only, dtype) for part in parts}
-    if "vae" in loaded:
-        return loaded, dict(loaded["vae"].config)
-    return loaded, AutoencoderKL.load_config(source, subfolder="vae", local_files_only=local_files_only)
+    with warnings.catch_warnings():
+        # diffusers still passes huggingface_hub an argument it deprecated; the warning (two lines on stderr, before
+        # our one-line error when weights are missing) is for diffusers' authors, not for whoever runs `cloak`.
+        warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
+        loaded = {part: _load_part(part, source, local_files_only, dtype) for part in parts}
+        if "vae" in loaded:
+            return loaded, dict(loaded["vae"].config)
+        return loaded, AutoencoderKL.load_config(source, subfolder="vae", local_files_only=local_files_only)
 
 
 def _load_single_file(model: str, path: str, parts: tuple[str, ...], dtype: torch.dtype) -> tuple[dict, dict]:
@@ -379,8 +384,6 @@ def load_lpips(
     if net not in LPIPS_NETS:
         raise ConfigError(f"LPIPS `net` must be one of {', '.join(LPIPS_NETS)}, got {net!r}.")
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    import warnings
-
     import lpips
 
     weights_file = lpips_backbone_file(net)

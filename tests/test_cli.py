@@ -356,3 +356,42 @@ def test_ctrl_c_says_what_is_kept(tmp_path, tiny_model_dir, monkeypatch):
     result = _protect(tmp_path / "a.png", "--out", tmp_path / "o", "--model", tiny_model_dir, "--steps", "1")
     assert result.exit_code == 130
     assert "interrupted: the images finished so far are saved" in result.output
+
+
+def test_purify_goes_on_past_an_image_a_purifier_cannot_take_and_keeps_earlier_records(tmp_path):
+    folder = tmp_path / "cloaked"
+    folder.mkdir()
+    Image.fromarray(_noise(6, 6)).save(folder / "tiny.png")
+    Image.fromarray(_noise(64, 64, seed=1)).save(folder / "big.png")
+    out = tmp_path / "purified"
+    blur = runner.invoke(app, ["purify", str(folder), "--out", str(out), "--attack", "blur:kernel=33",
+                               "--attack", "blur:kernel=33"])  # the same spec twice: purified once
+    assert blur.exit_code == 1, blur.output
+    assert "tiny.png: blur:kernel=33 cannot be applied to this image (6x6 px)" in blur.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["big.blur-kernel=33.png"]
+    jpeg = runner.invoke(app, ["purify", str(folder / "big.png"), "--out", str(out), "--attack", "jpeg"])
+    assert jpeg.exit_code == 0, jpeg.output
+    outputs = json.loads((out / "purify.json").read_text())["outputs"]
+    assert sorted(Path(o["output"]).name for o in outputs) == ["big.blur-kernel=33.png", "big.jpeg.png"]
+    assert all(o["seed"] == 0 for o in outputs)
+
+
+def test_purify_help_lists_every_purifier():
+    from attacks import ATTACKS
+    from cloak.cli import PURIFIERS
+
+    assert list(PURIFIERS) == list(ATTACKS)
+
+
+def test_testbed_commands_refuse_bad_arguments_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    cases = [
+        (["paint", "marbling", "--out", str(tmp_path / "file")], "is a file"),
+        (["check", "--json", str(tmp_path / "nowhere" / "x.json"), "--quick"], "does not exist"),
+        (["check", "--styles", "baroque", "--quick"], "`held_out` styles must be among"),
+        (["build", "--out", str(tmp_path / "b"), "--vae-from", str(tmp_path / "nowhere")], "no such folder"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["testbed", *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output

@@ -15,12 +15,23 @@ import typer
 app = typer.Typer(no_args_is_help=True, help="The miniature Stable Diffusion used to test everything offline.")
 
 
+def _fail(message: object, code: int = 2) -> typer.Exit:
+    """Print one line on stderr and return the exit to raise (2: bad arguments, 1: could not be done)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=code)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file; give a folder.")
+
+
 @app.command()
 def build(
     out: Path = typer.Option(..., "--out", help="Folder to write the model (diffusers layout) and judge/ into."),
     seed: int = typer.Option(0, help="Master seed; the same seed rebuilds the same weights."),
     micro: bool = typer.Option(False, "--micro", help="A tiny build (under a minute) that exercises every step."),
-    threads: int = typer.Option(0, help="torch CPU threads; 0 keeps torch's default."),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads; 0 keeps torch's default."),
     vae_from: str | None = typer.Option(
         None, help="Reuse this build's VAE and judge (`testbed` or a folder): train only a second UNet (transfer)."
     ),
@@ -30,9 +41,13 @@ def build(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from cloak.errors import CloakError
     from cloak.testbed.build import build as run_build
     from cloak.testbed.build import config_for
 
+    _check_out(out)
+    if vae_from is not None and vae_from != "testbed" and not Path(vae_from).is_dir():
+        raise _fail(f"--vae-from {vae_from}: no such folder (give `testbed` or a folder written by `build`).")
     if threads:
         torch.set_num_threads(threads)
     console = Console()
@@ -56,7 +71,10 @@ def build(
                 # a log file gets plain lines instead of a live bar
                 console.print(f"{stage} {done}/{total} at {time.perf_counter() - start:.0f} s", highlight=False)
 
-        record = run_build(out, cfg, progress, vae_from=vae_from)
+        try:
+            record = run_build(out, cfg, progress, vae_from=vae_from)
+        except (CloakError, OSError) as err:
+            raise _fail(err, code=1) from None
     elapsed = time.perf_counter() - start
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in record["seconds"].items() if k != "total")
     console.print(f"built {out} in {elapsed / 60:.1f} min ({stages}); {torch.get_num_threads()} threads")
@@ -74,10 +92,19 @@ def check(
     from rich.console import Console
     from rich.table import Table
 
+    from cloak.errors import CloakError, ModelNotFoundError
+    from cloak.imageio import atomic_write_json
     from cloak.testbed.check import run_check
 
+    if json_out is not None and not json_out.parent.is_dir():  # checked now, not after minutes of measuring
+        raise _fail(f"--json {json_out}: the folder {json_out.parent} does not exist.")
     console = Console()
-    report = run_check(model, seed=seed, quick=quick, log=console.print, held_out=styles)
+    try:
+        report = run_check(model, seed=seed, quick=quick, log=console.print, held_out=styles)
+    except ModelNotFoundError as err:
+        raise _fail(err, code=1) from None
+    except CloakError as err:
+        raise _fail(err) from None
     table = Table(title=f"testbed gates ({model})")
     for col in ("gate", "measured", "target", "pass"):
         table.add_column(col)
@@ -85,9 +112,8 @@ def check(
         table.add_row(gate.name, gate.measured, gate.target, "yes" if gate.passed else "NO")
     console.print(table)
     if json_out is not None:
-        json_out.write_text(
-            json.dumps({"gates": [asdict(g) for g in report.gates], **report.figures}, indent=2) + "\n"
-        )
+        atomic_write_json(json_out, json.loads(json.dumps({"gates": [asdict(g) for g in report.gates],
+                                                           **report.figures})))
     if not all(g.passed for g in report.gates):
         raise typer.Exit(code=1)
 
@@ -119,20 +145,23 @@ def paint(
     try:
         style_index(style)
     except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=2) from None
+        raise _fail(err) from None
+    _check_out(out)
     stem = style.replace(" ", "-")
     paths = [out / f"{stem}-{seed + i}.png" for i in range(n)]
     existing = [p for p in paths if p.exists()]
     if existing:
         typer.echo(f"error: {existing[0]} exists; nothing written (choose another --out or --seed).", err=True)
         raise typer.Exit(code=2)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, path in enumerate(paths):
-        rgb = (paint_one(style, seed + i, size).image * 255).round().astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="PNG")
-        atomic_write_bytes(path, buffer.getvalue())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for i, path in enumerate(paths):
+            rgb = (paint_one(style, seed + i, size).image * 255).round().astype(np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(rgb).save(buffer, format="PNG")
+            atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:
+        raise _fail(f"cannot write into {out} ({err.strerror or err}).", code=1) from None
     typer.echo(f"wrote {n} {style} painting(s), {size}x{size} px, to {out}")
 
 
