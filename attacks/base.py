@@ -31,6 +31,12 @@ def check_image(x: Tensor, where: str) -> None:
     if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
         got = f"shape {tuple(x.shape)} and dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
         raise ConfigError(f"`{where}` expects a float tensor (B, 3, H, W) in [0, 1], got {got}.")
+    # Generous bounds: float drift is fine, 0-255 or [-1, 1] images are not (they came back clamped or unchanged).
+    if x.numel() and (float(x.amax()) > 1.5 or float(x.amin()) < -0.5):
+        raise ConfigError(
+            f"`{where}` expects values in [0, 1], got {float(x.amin()):g} to {float(x.amax()):g}; divide 0-255 images "
+            "by 255 (or map [-1, 1] with (x + 1) / 2)."
+        )
 
 
 def seeded(seed: int, device: torch.device | str) -> torch.Generator:

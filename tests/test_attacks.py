@@ -190,6 +190,8 @@ def test_bad_image_refused():
         parse_spec("jpeg")(torch.rand(3, 8, 8), torch.Generator())
     with pytest.raises(ConfigError, match=r"`blur` expects a float tensor .* dtype torch.uint8"):
         parse_spec("blur")(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.Generator())
+    with pytest.raises(ConfigError, match=r"`median` expects values in \[0, 1\], got 0 to 255; divide 0-255"):
+        parse_spec("median")(torch.linspace(0, 255, 192).reshape(1, 3, 8, 8), torch.Generator())
 
 
 def test_check_spec_without_a_model():
