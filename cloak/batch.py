@@ -69,7 +69,7 @@ def is_cloak_output(path: Path) -> bool:
 
 
 def collect_inputs(
-    inputs: Sequence[str], exclude: Path | None = None
+    inputs: Sequence[str], exclude: Path | None = None, *, skip_copies: bool = True
 ) -> tuple[list[tuple[Path, Path]], list[str], list[str]]:
     """Expand files, folders (recursively) and glob patterns into ``(file, relative output stem)`` pairs.
 
@@ -77,7 +77,8 @@ def collect_inputs(
     are taken; hidden files and hidden folders (``.thumbs/``, ``.git/``) are skipped, and so are cloaked copies
     from an earlier run (a ``.cloak.json`` beside the file names it as its output), wherever they lie, so that
     nothing is cloaked twice. ``exclude`` (the output folder) is skipped whole when it lies inside a searched
-    folder; when it is that folder's parent (``--out .``) only the cloaked copies in it are.
+    folder; when it is that folder's parent (``--out .``) only the cloaked copies in it are. ``skip_copies=False``
+    takes the cloaked copies too (``cloak purify`` is run on them).
 
     Returns:
         ``(pairs, errors, notes)``: the files with their output path relative to the output folder (suffix not
@@ -108,7 +109,7 @@ def collect_inputs(
                 if not p.name.endswith(SIDECAR_SUFFIX):
                     other[p.suffix.lower() or "(no suffix)"] += 1
                 continue
-            if is_cloak_output(p):
+            if skip_copies and is_cloak_output(p):
                 copies.append(p)
                 continue
             found.append(p)

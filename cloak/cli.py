@@ -248,7 +248,7 @@ def purify(
     from cloak.batch import collect_inputs
     from cloak.errors import ConfigError, ModelNotFoundError
 
-    pairs, errors, notes = collect_inputs(inputs, exclude=out)
+    pairs, errors, notes = collect_inputs(inputs, exclude=out, skip_copies=False)  # cloaked copies are the point
     for message in errors:
         console.print(f"[red]FAILED[/red] {escape(message)}")
     for message in notes:

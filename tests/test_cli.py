@@ -376,6 +376,15 @@ def test_purify_goes_on_past_an_image_a_purifier_cannot_take_and_keeps_earlier_r
     assert all(o["seed"] == 0 for o in outputs)
 
 
+def test_purify_takes_the_cloaked_copies_protect_wrote(tmp_path, tiny_model_dir):
+    Image.fromarray(_noise(16, 16)).save(tmp_path / "a.png")
+    protected = tmp_path / "protected"
+    assert _protect(tmp_path / "a.png", "--out", protected, "--model", tiny_model_dir, "--steps", "1").exit_code == 0
+    result = runner.invoke(app, ["purify", str(protected), "--out", str(tmp_path / "p"), "--attack", "jpeg"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / "a.jpeg.png").is_file()
+
+
 def test_purify_help_lists_every_purifier():
     from attacks import ATTACKS
     from cloak.cli import PURIFIERS
