@@ -147,7 +147,11 @@ def main() -> None:
             cmd += ["--steps", str(args.steps)] if args.steps else []
             cmd += [f"--option={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in args.option]
             cmd += ["--float32-unet"] if args.float32_unet else []
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:  # show the case's own error, then go on with the next case
+                last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+                print(f"| {preset} | failed at {size}x{size}: {last} |", flush=True)
+                continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {r['preset']} | {r['method']} | {r['size']}x{r['size']} | {r['steps']} | {r['views']} | "
                   f"{r['seconds']} | {r['per_step']} | {r['peak_rss_gib']} | {r['linf']} | {r['psnr']} | "
