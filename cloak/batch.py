@@ -270,7 +270,16 @@ def run_job(
                 f"{job.source}: it has transparency (an alpha channel), which JPEG cannot store; "
                 "use --format png (lossless, the default) or webp."
             )
-        result: CloakResult = cloaker.protect(artwork.rgb, grey=artwork.grey, seed=seed, callback=callback)
+        notes = list(artwork.notes)
+        # A pencil drawing scanned or exported as RGB is grey in every pixel: a coloured cloak would show as colour
+        # noise on it, so its cloak is kept grey too (the file stays RGB).
+        grey = artwork.grey or bool(
+            np.array_equal(artwork.rgb[..., 0], artwork.rgb[..., 1])
+            and np.array_equal(artwork.rgb[..., 0], artwork.rgb[..., 2])
+        )
+        if grey and not artwork.grey:
+            notes.append("the picture is grey in every pixel, so its cloak is kept grey too (saved as RGB)")
+        result: CloakResult = cloaker.protect(artwork.rgb, grey=grey, seed=seed, callback=callback)
         job.output.parent.mkdir(parents=True, exist_ok=True)
         save_artwork(job.output, result.image, artwork, format=fmt)
         if sha256(job.source) != before:  # cannot happen by construction; checked because losing art is the worst
@@ -278,7 +287,6 @@ def run_job(
         # The figures are those of the file on disk, as written: for JPEG and WebP, compression changes the pixels
         # after cloaking, and the sidecar must not claim the cloak's own budget for them.
         saved = load_artwork(job.output).rgb
-        notes = list(artwork.notes)
         if np.array_equal(saved, result.image):  # PNG: the pixels the cloak measured (SSIM is slow on large files)
             linf, psnr, ssim = result.linf, result.psnr, result.ssim
         else:

@@ -404,3 +404,15 @@ def test_testbed_commands_refuse_bad_arguments_in_one_line(tmp_path):
         result = runner.invoke(app, ["testbed", *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_an_rgb_file_grey_in_every_pixel_gets_a_grey_cloak(tmp_path, tiny_model_dir):
+    grey = np.repeat(_noise(16, 16, 1), 3, axis=2)  # a pencil sketch exported as RGB
+    Image.fromarray(grey, "RGB").save(tmp_path / "sketch.png")
+    result = _protect(tmp_path / "sketch.png", "--out", tmp_path / "o", "--model", tiny_model_dir, "--steps", "2")
+    assert result.exit_code == 0, result.output
+    out = Image.open(tmp_path / "o" / "sketch.png")
+    pixels = np.asarray(out)
+    assert out.mode == "RGB" and np.abs(pixels.astype(int) - grey).max() > 0
+    assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])
+    assert "grey in every pixel" in result.output
