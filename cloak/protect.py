@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -66,6 +67,14 @@ class CloakConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # numpy scalars (np.float32(8.0), np.int64(16)) are numbers too; stored as Python ones, so records stay JSON.
+        for name, kind in (("eps", numbers.Real), ("steps", numbers.Integral), ("min_psnr", numbers.Real),
+                           ("smooth", numbers.Real), ("lpips_bound", numbers.Real), ("step_size", numbers.Real)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or type(value) in (int, float):
+                continue  # Python numbers stay as given (8 stays 8: eval's fingerprints hash the settings)
+            if isinstance(value, kind):
+                object.__setattr__(self, name, float(value) if kind is numbers.Real else int(value))
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
         self.pgd()  # validates eps, steps, step_size
@@ -244,8 +253,9 @@ class Cloaker:
         start = time.perf_counter()
         cfg = self.config
         device = self.components.device
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
             raise ConfigError(f"`seed` must be a whole number from 0 to 2^63 - 1, got {seed!r}.")
+        seed = int(seed)
         generator = torch.Generator().manual_seed(seed)
         x = to_tensor(rgb).to(device)
         views = plan_views(

@@ -130,6 +130,13 @@ def test_bad_settings_are_refused_when_the_config_is_made(kwargs, message):
         CloakConfig(method="encoder", **kwargs)
 
 
+def test_numpy_numbers_are_taken_as_python_ones():
+    cfg = CloakConfig(eps=np.float32(8.0), steps=np.int64(3), min_psnr=np.float64(35.0))
+    assert (cfg.eps, cfg.steps, cfg.min_psnr) == (8.0, 3, 35.0)
+    assert type(cfg.eps) is float and type(cfg.steps) is int and type(cfg.min_psnr) is float
+    assert type(CloakConfig(eps=8).eps) is int  # Python numbers as given
+
+
 @pytest.mark.parametrize("seed", [-1, 1.5, 2**64, True])
 def test_bad_seed_is_named(tiny_components, seed):
     with pytest.raises(ConfigError, match="`seed` must be a whole number"):
