@@ -193,10 +193,17 @@ def test_eval_unknown_config_is_a_usage_error(tmp_path):
     assert "no-such-config" in result.output
 
 
-def test_purify_files_and_errors(tmp_path):
+def _cloaked_folder(tmp_path: Path, **images: np.ndarray) -> Path:
+    """tmp_path/cloaked holding ``name=pixels`` as ``name.png``: the input of a purify test."""
     folder = tmp_path / "cloaked"
     folder.mkdir()
-    Image.fromarray(_noise(24, 20)).save(folder / "a.png")
+    for name, pixels in images.items():
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    return folder
+
+
+def test_purify_files_and_errors(tmp_path):
+    folder = _cloaked_folder(tmp_path, a=_noise(24, 20))
     out = tmp_path / "purified"
     ok = runner.invoke(app, ["purify", str(folder), "--out", str(out), "--attack", "jpeg:quality=50",
                              "--attack", "blur:sigma=1"])
@@ -359,10 +366,7 @@ def test_ctrl_c_says_what_is_kept(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_purify_goes_on_past_an_image_a_purifier_cannot_take_and_keeps_earlier_records(tmp_path):
-    folder = tmp_path / "cloaked"
-    folder.mkdir()
-    Image.fromarray(_noise(6, 6)).save(folder / "tiny.png")
-    Image.fromarray(_noise(64, 64, seed=1)).save(folder / "big.png")
+    folder = _cloaked_folder(tmp_path, tiny=_noise(6, 6), big=_noise(64, 64, seed=1))
     out = tmp_path / "purified"
     blur = runner.invoke(app, ["purify", str(folder), "--out", str(out), "--attack", "blur:kernel=33",
                                "--attack", "blur:kernel=33"])  # the same spec twice: purified once
