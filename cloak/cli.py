@@ -117,6 +117,13 @@ def protect(
         )
     except ConfigError as err:
         raise _usage_error(str(err)) from None
+    if target is not None:
+        from cloak.targets import check_target
+
+        try:  # the file too, before the model loads
+            check_target(target, config.options.get("period", 16))
+        except ConfigError as err:
+            raise _usage_error(str(err)) from None
     if fmt != "png":
         console.print(f"[yellow]warning:[/yellow] {LOSSY_WARNING.format(fmt=fmt.upper())}")
 

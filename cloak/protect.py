@@ -88,7 +88,7 @@ class CloakConfig:
         for spec in self.eot:
             parse_eot(spec)
         if "target" in self.options or "period" in self.options:
-            check_target(self.options.get("target", "stripes"), self.options.get("period", 16))
+            check_target(self.options.get("target", "stripes"), self.options.get("period", 16), must_exist=False)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> CloakConfig:

@@ -19,13 +19,19 @@ from cloak.errors import ConfigError
 PATTERNS = ("stripes", "checker", "grey")
 
 
-def check_target(name: str, period: int = 16) -> None:
-    """Refuse a target that is neither a built-in pattern nor an existing file, and a period under 2 px.
+def check_target(name: str, period: int = 16, *, must_exist: bool = True) -> None:
+    """Refuse a target that is neither a built-in pattern nor an image file, and a period under 2 px.
+
+    Args:
+        must_exist: also check that a target file exists now. Settings made before their target image (an eval
+            config naming a file that a benchmark script writes) check the file when the method is built.
 
     Raises:
         ConfigError: naming the choices.
     """
-    if not isinstance(name, (str, Path)) or (name not in PATTERNS and not Path(name).is_file()):
+    if not isinstance(name, (str, Path)) or (
+        must_exist and name not in PATTERNS and not Path(name).is_file()
+    ):
         raise ConfigError(f"target must be one of {list(PATTERNS)} or an image file, got {name!r} (no such file).")
     if isinstance(period, bool) or not isinstance(period, int) or period < 2:
         raise ConfigError(f"`period` must be a whole number of px, at least 2, got {period!r}.")

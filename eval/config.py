@@ -377,9 +377,10 @@ def with_artist_folders(config: EvalConfig, folders: list[str | Path] | tuple[st
     return dataclasses.replace(config, artists=tuple(artists))
 
 
-def check_artist_folders(config: EvalConfig) -> None:
-    """Fail before any model loads when a folder artist's folder is missing or holds too few images, or a
-    ``precomputed`` defence's folder is missing."""
+def check_input_files(config: EvalConfig) -> None:
+    """Fail before any model loads when a file the grid reads is missing: an artist's folder (or it holds too few
+    images), a ``precomputed`` defence's folder, a defence's target image (which a config may name before a
+    benchmark script writes it, so it is checked here, not when the config is parsed)."""
     from cloak.imageio import SUPPORTED_SUFFIXES
 
     for a in config.artists:
@@ -396,7 +397,15 @@ def check_artist_folders(config: EvalConfig) -> None:
                 f"{config.source}: artist {a.name!r}: the folder {a.folder} holds {images} images; this config "
                 f"needs at least {a.n_train + 2} ({a.n_train} to train on, at least 2 held out to judge by)."
             )
+    from cloak.targets import check_target
+
     for d in config.defences:
+        target = (d.options or {}).get("target")
+        if target is not None:
+            try:
+                check_target(target, (d.options or {}).get("period", 16))
+            except ConfigError as err:
+                raise ConfigError(f"{config.source}: defence {d.name!r}: {err}") from None
         for a in config.artists if d.precomputed is not None else ():
             folder = Path(d.precomputed.replace("{artist}", a.name)).expanduser()
             if not folder.is_dir():

@@ -47,7 +47,7 @@ from eval.config import (
     DefenceSpec,
     EvalConfig,
     MimicSpec,
-    check_artist_folders,
+    check_input_files,
     load_config,
     protected_count,
     with_artist_folders,
@@ -572,7 +572,7 @@ def run(
     config = config_path_or_name if isinstance(config_path_or_name, EvalConfig) else load_config(config_path_or_name)
     if artists:
         config = with_artist_folders(config, tuple(artists))
-    check_artist_folders(config)
+    check_input_files(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, soft_wrap=True)  # no hard wrap at 80 columns when stderr is a log file

@@ -598,6 +598,12 @@ def test_missing_artist_folder_fails_before_loading_anything(tmp_path):
     missing = _write(tmp_path, MINIMAL + "[[defences]]\nname = 'glaze'\nprecomputed = 'nowhere/{artist}'\n")
     with pytest.raises(ConfigError, match=r"defence 'glaze': the `precomputed` folder nowhere/marbling does not"):
         run(missing, tmp_path / "out", progress=False)
+    # A target image may be written after the config (benchmarks/target_images.py): parsed fine, refused at run.
+    later = _write(tmp_path, MINIMAL + "[[defences]]\nname = 'e'\nmethod = 'encoder'\neps = 8\n"
+                   "options = {target = 'runs/not-yet.png'}\n")
+    load_config(later)
+    with pytest.raises(ConfigError, match=r"defence 'e': target must be one of .* 'runs/not-yet.png' \(no such file"):
+        run(later, tmp_path / "out", progress=False)
 
 
 def test_an_interrupted_cache_rewrite_is_never_read_back(tmp_path, monkeypatch):
