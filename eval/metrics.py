@@ -9,7 +9,6 @@ Mimicry (how well the mimic copies the artist): ``judge_success`` (testbed), ``s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -157,30 +156,30 @@ def visibility(
         lpips_model: an ``lpips.LPIPS`` model, or None to skip LPIPS.
 
     Returns:
-        ``linf`` (max over images, 0-255 units, lower = less visible), ``psnr`` (dB, mean, higher = less visible;
-        None when every image is unchanged), ``ssim`` (mean, in [-1, 1], higher = less visible), ``lpips``
-        (mean, about 0-1, lower = less visible; None without a model).
+        ``linf`` (max over images, 0-255 units, lower = less visible), ``psnr`` (dB, higher = less visible;
+        None when every image is unchanged), ``ssim`` (in [-1, 1], higher = less visible), ``lpips`` (about 0-1,
+        lower = less visible; None without a model): means over the images the defence changed (all unchanged:
+        0, None, 1 and 0).
     """
     if len(clean) != len(protected) or not clean:
         raise ConfigError(f"need as many protected as clean images (>= 1), got {len(protected)} and {len(clean)}.")
-    psnrs = [pixel_metrics.psnr(a, b) for a, b in zip(clean, protected, strict=True)]
-    finite = [p for p in psnrs if math.isfinite(p)]
+    pairs = list(zip(clean, protected, strict=True))
+    # The means are over the images the defence changed: a partial defence (`fraction`) leaves the others as they
+    # were, and they would pull SSIM and LPIPS toward "invisible" while PSNR (infinite for them) cannot count them.
+    changed = [(a, b) for a, b in pairs if not np.array_equal(a, b)]
+    if not changed:
+        return {"linf": 0.0, "psnr": None, "ssim": 1.0, "lpips": None if lpips_model is None else 0.0}
     lp = None
     if lpips_model is not None:
         from cloak.imageio import to_tensor
 
         lp = float(
-            np.mean(
-                [
-                    pixel_metrics.lpips_distance(lpips_model, to_tensor(a), to_tensor(b))
-                    for a, b in zip(clean, protected, strict=True)
-                ]
-            )
+            np.mean([pixel_metrics.lpips_distance(lpips_model, to_tensor(a), to_tensor(b)) for a, b in changed])
         )
     return {
-        "linf": float(max(pixel_metrics.linf(a, b) for a, b in zip(clean, protected, strict=True))),
-        "psnr": float(np.mean(finite)) if finite else None,
-        "ssim": float(np.mean([pixel_metrics.ssim(a, b) for a, b in zip(clean, protected, strict=True)])),
+        "linf": float(max(pixel_metrics.linf(a, b) for a, b in changed)),
+        "psnr": float(np.mean([pixel_metrics.psnr(a, b) for a, b in changed])),
+        "ssim": float(np.mean([pixel_metrics.ssim(a, b) for a, b in changed])),
         "lpips": lp,
     }
 

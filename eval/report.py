@@ -25,7 +25,24 @@ from eval.config import EvalConfig
 from eval.summary import NO_ATTACK
 
 THUMB = 96  # px, side of each training-image thumbnail
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+COLOURS = (
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+    "#393b79", "#e7969c",
+)
+# Series beyond the palette reuse its colours with dashed lines and hollow markers (a second round), so no two
+# series of one plot look alike up to twice the palette's size.
+DASHES = ("", "4 3", "1 2")
+
+
+def _style(i: int) -> tuple[str, str]:
+    """Colour and SVG dash pattern of series ``i``."""
+    return COLOURS[i % len(COLOURS)], DASHES[(i // len(COLOURS)) % len(DASHES)]
+
+
+def _label(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis, the whole of it as a hover title (SVG text)."""
+    shown = text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    return f"<title>{html.escape(text)}</title>{html.escape(shown)}"
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}
@@ -115,15 +132,21 @@ def svg_plot(
         f'<text transform="translate(14 {top + h / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>'
     )
     for i, (label, xs, ys) in enumerate(series):
-        colour = COLOURS[i % len(COLOURS)]
+        colour, dash = _style(i)
+        fill = "white" if dash else colour  # hollow markers for the second round of colours
         p = sorted((x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None)
         if lines and len(p) > 1:
             path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in p)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
-        out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{colour}"/>' for x, y in p]
+            out.append(
+                f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5" '
+                f'stroke-dasharray="{dash}"/>'
+            )
+        out += [
+            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{fill}" stroke="{colour}"/>' for x, y in p
+        ]
         ly = top + 12 + 15 * i
-        out.append(f'<rect x="{left + w + 8}" y="{ly - 8}" width="10" height="10" fill="{colour}"/>')
-        out.append(f'<text x="{left + w + 22}" y="{ly + 1}">{html.escape(label[:26])}</text>')
+        out.append(f'<rect x="{left + w + 8}" y="{ly - 8}" width="10" height="10" fill="{fill}" stroke="{colour}"/>')
+        out.append(f'<text x="{left + w + 22}" y="{ly + 1}">{_label(label, 26)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -157,7 +180,7 @@ def svg_bars(
         gx = left + g * gw
         out.append(
             f'<text transform="translate({gx + gw / 2:.1f} {top + h + 10}) rotate(30)" font-size="10">'
-            f"{html.escape(name[:22])}</text>"
+            f"{_label(name, 28)}</text>"
         )
         for i, (_, vs) in enumerate(series):
             v = vs[g]
@@ -165,16 +188,19 @@ def svg_bars(
                 continue
             x = gx + gw * 0.1 + i * bw
             y_top, y_bot = sorted((sy(v), sy(0)))
+            colour, dash = _style(i)
             out.append(
                 f'<rect x="{x:.1f}" y="{y_top:.1f}" width="{bw * 0.9:.1f}" height="{max(y_bot - y_top, 0.5):.1f}" '
-                f'fill="{COLOURS[i % len(COLOURS)]}"/>'
+                f'fill="{colour}" stroke="{colour}" fill-opacity="{0.35 if dash else 1}"/>'
             )
     for i, (label, _) in enumerate(series):
+        colour, dash = _style(i)
         ly = top + 12 + 15 * i
         out.append(
-            f'<rect x="{left + w + 8}" y="{ly - 8}" width="10" height="10" fill="{COLOURS[i % len(COLOURS)]}"/>'
+            f'<rect x="{left + w + 8}" y="{ly - 8}" width="10" height="10" fill="{colour}" stroke="{colour}" '
+            f'fill-opacity="{0.35 if dash else 1}"/>'
         )
-        out.append(f'<text x="{left + w + 22}" y="{ly + 1}">{html.escape(label[:26])}</text>')
+        out.append(f'<text x="{left + w + 22}" y="{ly + 1}">{_label(label, 26)}</text>')
     out.append(
         f'<text transform="translate(14 {top + h / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>'
     )
@@ -196,7 +222,17 @@ def plots(summary: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]
     Values are averaged over artists when there are several.
     """
     defences = [d for d in summary["defences"] if d.get("effect") is not None]
-    budget = _averaged([(f"{d['method']} {d['mimic']}", d["eps"], d["effect"]) for d in defences if d.get("eps")])
+    # A budget curve joins the defences of one method that differ in eps; where several defences of a method share
+    # an eps (other steps, targets, fractions...), each is its own series rather than averaged into one point.
+    at_eps: dict[tuple[Any, Any, Any], set[str]] = defaultdict(set)
+    for d in defences:
+        at_eps[(d["method"], d["mimic"], d.get("eps"))].add(d["defence"])
+    crowded = {(m, mimic) for (m, mimic, _), names in at_eps.items() if len(names) > 1}
+
+    def curve(d: dict[str, Any]) -> str:
+        return f"{d['defence' if (d['method'], d['mimic']) in crowded else 'method']} {d['mimic']}"
+
+    budget = _averaged([(curve(d), d["eps"], d["effect"]) for d in defences if d.get("eps")])
     vis = _averaged([(d["mimic"], d["vis_psnr"], d["effect"]) for d in defences if d.get("vis_psnr") is not None])
     clear = {(d["artist"], d["defence"], d["mimic"]) for d in defences if d.get("above_noise")}
     cond = [
@@ -215,7 +251,8 @@ def plots(summary: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]
                 "L-inf budget (/255)",
                 "protection effect",
             ),
-            "Protection vs budget: clean score minus protected score, no attack, mean over seeds.",
+            "Protection vs budget: clean score minus protected score, no attack, mean over seeds (and over artists "
+            "where there are several); a line joins the budgets of one method.",
         ),
         (
             "visibility",
@@ -250,6 +287,7 @@ def markdown_summary(summary: dict[str, list[dict[str, Any]]]) -> str:
         "kept",
         "clean_spread",
         "above_noise",
+        "lower_on",
     )
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(d.get(c)) for c in cols) + " |" for d in summary["defences"]]
@@ -274,6 +312,8 @@ def markdown_scores(summary: dict[str, list[dict[str, Any]]]) -> str:
 
 def _training_grid(out_dir: Path, config: EvalConfig) -> str:
     """Rows: clean, each defence, each defence after each attack (first seed, first 4 images)."""
+    from eval.runner import inputs_of  # the runner imports this module when it writes the report
+
     parts = []
     seed = config.seeds[0]
     for artist in config.artists:
@@ -290,7 +330,12 @@ def _training_grid(out_dir: Path, config: EvalConfig) -> str:
             rows += [("clean", a, clean_dir / f"seed{seed}" / data.slug(a)) for a in config.attacks]
         body = []
         for defence, attack, folder in rows:
-            images = data.load_set(folder, names)
+            # The sets' own settings, as the runner cached them: a set made with other settings is not shown.
+            if defence == "clean" and attack == NO_ATTACK:
+                inputs = inputs_of(config, artist.name)
+            else:
+                inputs = inputs_of(config, artist.name, defence, attack, seed=seed)
+            images = data.load_set(folder, names, inputs)
             if images is None:
                 continue
             cells = "".join(_png(im, THUMB) for im in images)
@@ -342,6 +387,26 @@ def _generation_grid(out_dir: Path, config: EvalConfig, rows: Sequence[dict[str,
     return "".join(parts)
 
 
+def _provenance(config: EvalConfig, rows: Sequence[dict[str, Any]], run_info: dict[str, Any]) -> str:
+    """What a reader needs to weigh the figures: sample sizes, which cells this run made, versions (HTML)."""
+    gen = config.generation
+    per_cell = sorted({r["n_generated"] for r in rows if r.get("n_generated") is not None})
+    resumed = run_info.get("resumed_cells") or 0
+    versions = ", ".join(f"{k} {v}" for k, v in (run_info.get("versions") or {}).items())
+    artists = "; ".join(
+        f"{a.name}: {a.n_train} training images" + ("" if a.folder else f", {a.n_heldout} held out")
+        for a in config.artists
+    )
+    return html.escape(
+        f"{' or '.join(map(str, per_cell)) or gen.n} generations per cell ({len(gen.prompts)} prompt(s), "
+        f"{gen.num_inference_steps} sampling steps, guidance {gen.guidance_scale:g}); {artists}. "
+        f"{resumed} of the cells were finished by an earlier run into this folder (each is reused only with the "
+        "same settings, by its fingerprint); the git revision and times are this run's. "
+        f"Started {run_info.get('started')}, finished {run_info.get('finished') or run_info.get('interrupted')}. "
+        f"Versions: {versions or 'not recorded'}. Mimic settings: run.json (config)."
+    )
+
+
 def write_report(
     out_dir: Path,
     config: EvalConfig,
@@ -361,10 +426,11 @@ def write_report(
         f"<!doctype html><html><head><meta charset='utf-8'><title>cloak eval: {html.escape(config.name)}</title>"
         f"<style>{_CSS}</style></head><body>",
         f"<h1>cloak eval: {html.escape(config.name)}</h1>",
-        f"<p>model <b>{html.escape(config.model)}</b> on {html.escape(str(run_info.get('device')))}; seeds "
-        f"{', '.join(map(str, config.seeds))}; {len(rows)} of {run_info.get('cells')} cells recorded, "
-        f"{len(failed)} failed; git {html.escape(str(run_info.get('git')))}; started {run_info.get('started')}, "
-        f"finished {run_info.get('finished')}.</p>",
+        f"<p>model <b>{html.escape(config.model)}</b> on {html.escape(str(run_info.get('device')))}; "
+        f"{len(config.seeds)} seed{'s' * (len(config.seeds) != 1)} ({', '.join(map(str, config.seeds))}); "
+        f"{len(rows)} of {run_info.get('cells')} cells recorded, {len(failed)} failed; config "
+        f"{html.escape(str(run_info.get('config_file')))}; git {html.escape(str(run_info.get('git')))}.</p>",
+        f"<p>{_provenance(config, rows, run_info)}</p>",
         f"<p>Mimicry score: {html.escape(', '.join(score_names) or 'none')} (higher = better mimicry). Protection "
         "effect = score of the mimic trained on clean images minus score with the protection (and attack); "
         "compare it with the clean baseline's seed spread. Worst case = the attack (or none) that leaves the "
@@ -388,6 +454,7 @@ def write_report(
                 "kept",
                 "clean_spread",
                 "above_noise",
+                "lower_on",
             ),
             left=4,
         ),

@@ -38,10 +38,16 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         ``worst_effect`` (``worst_case`` over its attacks, "none" included), ``kept`` (``retained_fraction`` of
         the worst case: the share of the unattacked effect the attacker's best purification leaves; None without an
         effect or without a purification), ``clean_spread`` (``seed_spread`` of the clean baseline),
-        ``above_noise`` (the unattacked effect exceeds that spread) and the defence's mean visibility figures.
+        ``above_noise`` (the unattacked effect exceeds that spread), ``lower_on`` (``"k/n"``: on k of the n seeds
+        both ran, the protected mimic scored below the clean one, seed for seed) and the defence's mean visibility
+        figures.
     """
     scores = _mean_scores(rows)
     means = {k: fmean(v) for k, v in scores.items()}
+    by_seed: dict[tuple[str, str, str, str], dict[Any, float]] = defaultdict(dict)
+    for r in rows:
+        if r.get("status") == "ok" and r.get("score") is not None:
+            by_seed[(r["artist"], r["defence"], r["attack"], r["mimic"])][r.get("seed")] = r["score"]
     conditions = []
     for (artist, defence, attack, mimic), score in means.items():  # grid order: config order
         base = means.get((artist, CLEAN, NO_ATTACK, mimic))
@@ -101,6 +107,13 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
             None
             if entry["effect"] is None or entry["clean_spread"] is None
             else entry["effect"] > entry["clean_spread"]
+        )
+        # Seeds are paired (the same draws for clean and protected): on how many of them the protected mimic did
+        # worse than the clean one. Unlike the spread, this does not widen as seeds are added.
+        clean, protected = by_seed[(artist, CLEAN, NO_ATTACK, mimic)], by_seed[(artist, defence, NO_ATTACK, mimic)]
+        paired = sorted(set(clean) & set(protected), key=str)
+        entry["lower_on"] = (
+            f"{sum(protected[s] < clean[s] for s in paired)}/{len(paired)}" if paired else None
         )
         entry.update({k: fmean(v) for k, v in vis[(artist, defence)].items()})
         defences.append(entry)

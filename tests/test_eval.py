@@ -193,6 +193,8 @@ def test_sharpness_and_visibility():
     vis = M.visibility([a, a], [a, b])
     assert vis["linf"] == 4 and vis["psnr"] == pytest.approx(10 * math.log10(255**2 / (16 / 768)))
     assert vis["lpips"] is None and vis["ssim"] < 1
+    # PSNR and SSIM describe the same images, the changed ones: an unchanged one does not pull SSIM toward 1
+    assert vis["ssim"] == pytest.approx(M.visibility([a], [b])["ssim"])
 
 
 def test_visibility_measures_lpips_when_given_a_model():
@@ -253,7 +255,12 @@ def test_summary_effect_retained_worst_case_and_spread():
         d["effect"] == pytest.approx(0.6) and d["worst_attack"] == "jpeg" and d["worst_effect"] == pytest.approx(0.3)
     )
     assert d["clean_spread"] == pytest.approx(0.2) and d["above_noise"] is True
+    assert d["lower_on"] == "2/2"  # seed for seed, the protected mimic scored lower
     assert d["kept"] == pytest.approx(0.5)  # the worst case (jpeg) leaves 0.3 of the unattacked 0.6
+    # Paired by seed: a third seed whose clean score is low widens the spread past the effect, yet the protected
+    # mimic is still lower on 2 of the 3 seeds, and equal on the third.
+    (wide,) = summarise([*rows, row("clean", "none", 2, 0.2), row("enc", "none", 2, 0.2)])["defences"]
+    assert wide["above_noise"] is False and wide["lower_on"] == "2/3"
     (unpurified,) = summarise(rows[:4])["defences"]  # no purification: nothing measured to keep
     assert unpurified["effect"] == pytest.approx(0.6) and unpurified["kept"] is None
     jpeg = next(c for c in s["conditions"] if c["attack"] == "jpeg")
@@ -507,11 +514,17 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     assert run_info["config"]["name"] == "micro" and run_info["seeds"] == [0] and "torch" in run_info["versions"]
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and report.count("<svg") == 3 and "glaze" in report
+    assert "generations per cell" in report and "Versions: " in report and "torch" in report
+    assert "0 of the cells were finished by an earlier run" in report
+    training = report.split("<h2>Training images</h2>")[1].split("<h2>Generations</h2>")[0]
+    assert training.count("<tr><td") == 1 + 2 + 2  # clean, each defence, each defence after jpeg
+    assert "<img" in training
     assert {d["defence"] for d in results["summary"]["defences"]} == {"glaze", "encoder-8"}
 
     lines = []
     assert run(micro_grid, out, progress=False, log=lines.append) == 0
     assert lines == []  # every cell was finished: nothing ran again
+    assert f"{len(cells)} of the cells were finished by an earlier run" in (out / "report.html").read_text()
     again = json.loads((out / "results.json").read_text())["cells"]
     assert [c["score"] for c in again] == [c["score"] for c in cells]
 
@@ -693,3 +706,35 @@ def test_fraction_protects_the_first_images_and_leaves_the_rest_original(micro_g
     for bad in ("0", "1.5", "'half'"):
         with pytest.raises(ConfigError, match=r"`fraction` must be a number"):
             load_config(_write(tmp_path, MINIMAL + f"[[defences]]\nmethod = 'encoder'\neps = 8\nfraction = {bad}\n"))
+
+
+def test_budget_plot_keeps_defences_that_share_a_budget_apart():
+    from eval.report import plots
+
+    def row(defence, method, eps, effect, mimic="db"):
+        return {"artist": "a", "defence": defence, "method": method, "mimic": mimic, "eps": eps, "effect": effect,
+                "vis_psnr": 31.0, "above_noise": True}
+
+    summary = {
+        "defences": [
+            row("enc-4", "encoder", 4, 0.1), row("enc-8", "encoder", 8, 0.3),  # a sweep: one line
+            row("hybrid", "mist", 8, 0.406), row("hybrid-half", "mist", 8, 0.219),  # same eps: two series
+        ],
+        "conditions": [
+            {"artist": "a", "defence": "enc-8", "mimic": "db", "attack": "diffpure:t=0.2,steps=10", "retained": 0.5}
+        ],
+    }
+    svgs = {stem: svg for stem, svg, _ in plots(summary)}
+    budget = svgs["budget"]
+    assert ">encoder db</text>" in budget and ">hybrid db</text>" in budget and ">hybrid-half db</text>" in budget
+    assert budget.count("<circle") == 4  # the two hybrids are not averaged into one point
+    assert budget.count("<polyline") == 1  # only the sweep is a line
+    # a long attack name is cut for the axis but kept whole in its hover title
+    assert "<title>diffpure:t=0.2,steps=10</title>" in svgs["retained"]
+
+
+def test_series_beyond_the_palette_do_not_repeat_a_look():
+    from eval.report import COLOURS, _style
+
+    looks = [_style(i) for i in range(2 * len(COLOURS))]
+    assert len(set(looks)) == len(looks)
