@@ -80,7 +80,10 @@ TESTBED_DIR = Path(__file__).parent / "testbed" / "weights"
 PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 HUB_PROBE_TIMEOUT_S = 3.0  # seconds to wait for the hub before declaring it unreachable
-LOCAL_PATH_HINT = "pass a local diffusers folder or a .safetensors/.ckpt file instead: --model /path/to/folder"
+LOCAL_PATH_HINT = (
+    "pass a local diffusers folder or a .safetensors/.ckpt file instead: --model /path/to/folder (in an eval "
+    "config: its `model` or a defence's `surrogate`)"
+)
 
 
 def hub_cache_dir() -> str:
@@ -128,9 +131,30 @@ def hub_unreachable_reason() -> str | None:
 
 def _not_found(model: str, reason: str) -> ModelNotFoundError:
     return ModelNotFoundError(
-        f"model {model!r} is not in the Hugging Face cache ({hub_cache_dir()}) and the hub cannot be reached "
-        f"({reason}); download it once on a connected machine, or {LOCAL_PATH_HINT}."
+        f"model {model!r} is neither a folder here nor in the Hugging Face cache ({hub_cache_dir()}), and the hub "
+        f"cannot be reached ({reason}); download it once on a connected machine, or {LOCAL_PATH_HINT}."
     )
+
+
+def check_model_available(model: str) -> None:
+    """Fail now, without loading anything, if ``model`` could not be loaded: the testbed not built, a path that does
+    not exist, or a hub id neither cached nor reachable. For settings read long before the model is (an eval
+    defence's ``surrogate``).
+
+    Raises:
+        ModelNotFoundError: as `load_components` would, in one line.
+        ConfigError: a ``model`` that is none of the accepted kinds.
+    """
+    kind, source = _classify(model)
+    if kind != "hub":
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "model_index.json"), str):
+        return
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise _not_found(model, reason)
 
 
 def _check_parts(parts: Iterable[str]) -> tuple[str, ...]:

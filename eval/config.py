@@ -380,7 +380,7 @@ def with_artist_folders(config: EvalConfig, folders: list[str | Path] | tuple[st
 def check_input_files(config: EvalConfig) -> None:
     """Fail before any model loads when a file the grid reads is missing: an artist's folder (or it holds too few
     images), a ``precomputed`` defence's folder, a defence's target image (which a config may name before a
-    benchmark script writes it, so it is checked here, not when the config is parsed)."""
+    benchmark script writes it, so it is checked here, not when the config is parsed) or its ``surrogate`` model."""
     from cloak.imageio import SUPPORTED_SUFFIXES
 
     for a in config.artists:
@@ -397,9 +397,16 @@ def check_input_files(config: EvalConfig) -> None:
                 f"{config.source}: artist {a.name!r}: the folder {a.folder} holds {images} images; this config "
                 f"needs at least {a.n_train + 2} ({a.n_train} to train on, at least 2 held out to judge by)."
             )
+    from cloak.errors import ModelNotFoundError
+    from cloak.models import check_model_available
     from cloak.targets import check_target
 
     for d in config.defences:
+        if d.surrogate is not None:  # loaded only when the defence's first cloak is made, minutes in
+            try:
+                check_model_available(d.surrogate)
+            except (ModelNotFoundError, ConfigError) as err:
+                raise ConfigError(f"{config.source}: defence {d.name!r}: `surrogate`: {err}") from None
         target = (d.options or {}).get("target")
         if target is not None:
             try:

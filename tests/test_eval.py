@@ -597,7 +597,7 @@ def test_paper_style_config_wiring_on_tiny_models(tmp_path, tiny_model_dir):
     assert {c["mimic_kind"] for c in cells} == {"dreambooth", "lora"}
 
 
-def test_missing_artist_folder_fails_before_loading_anything(tmp_path):
+def test_missing_artist_folder_fails_before_loading_anything(tmp_path, monkeypatch):
     from eval.runner import run
 
     with pytest.raises(ConfigError, match=r"artist 'artist': the folder .* does not exist; .* --artist FOLDER"):
@@ -611,6 +611,14 @@ def test_missing_artist_folder_fails_before_loading_anything(tmp_path):
     missing = _write(tmp_path, MINIMAL + "[[defences]]\nname = 'glaze'\nprecomputed = 'nowhere/{artist}'\n")
     with pytest.raises(ConfigError, match=r"defence 'glaze': the `precomputed` folder nowhere/marbling does not"):
         run(missing, tmp_path / "out", progress=False)
+    # A surrogate model (transfer) is loaded only when its first cloak is made; a missing one is named at once.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    unbuilt = _write(tmp_path, MINIMAL + "[[defences]]\nname = 's'\nmethod = 'encoder'\neps = 8\n"
+                     "surrogate = 'runs/no-such-unet'\n")
+    with pytest.raises(ConfigError, match=r"defence 's': `surrogate`: model 'runs/no-such-unet' is neither a folder"):
+        run(unbuilt, tmp_path / "out", progress=False)
     # A target image may be written after the config (benchmarks/target_images.py): parsed fine, refused at run.
     later = _write(tmp_path, MINIMAL + "[[defences]]\nname = 'e'\nmethod = 'encoder'\neps = 8\n"
                    "options = {target = 'runs/not-yet.png'}\n")
