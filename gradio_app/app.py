@@ -186,7 +186,8 @@ def serve(
         server_name=host,
         server_port=port,
         share=share,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
+        quiet=True,  # gradio's own lines tell Python users to set share=True in launch(); ours name --share
         inbrowser=False,
         max_file_size=MAX_UPLOAD,
         show_error=True,
@@ -197,6 +198,11 @@ def serve(
         footer_links=[],
         theme=gr.themes.Default(primary_hue="indigo"),
     )
+    print(f"the page is at {demo.local_url} (open it in your browser; Ctrl-C here stops it)", file=sys.stderr)
+    if share and demo.share_url:
+        print(f"public link: {demo.share_url}", file=sys.stderr)
+    if block:
+        demo.block_thread()
     return demo
 
 
