@@ -339,11 +339,16 @@ def _check_out_folder(out: Path, inputs: list[str]) -> None:
 
 
 def _check_writable(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written, before the model loads; leave no folder behind for it."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # innermost first; run_job makes them when it writes
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".cloak-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # under torchrun another rank may be probing it too
+            for folder in made:
+                folder.rmdir()
     except OSError as err:
         raise _usage_error(
             f"cannot write into --out {out} ({err.strerror or err}); choose a folder you can write to."

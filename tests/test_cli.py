@@ -420,3 +420,15 @@ def test_an_rgb_file_grey_in_every_pixel_gets_a_grey_cloak(tmp_path, tiny_model_
     assert out.mode == "RGB" and np.abs(pixels.astype(int) - grey).max() > 0
     assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])
     assert "grey in every pixel" in result.output
+
+
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("<!-- readme:python -->")[1].split("<!-- /readme:python -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["testbed", "paint", "marbling", "--out", "my_art", "--n", "1"]).exit_code == 0
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.split()
+    assert printed[0] == "8" and 30 < float(printed[1]) < 33  # the README's "# 8 31.3"
+    assert Image.open(tmp_path / "cloaked.png").size == (64, 64)
