@@ -223,7 +223,7 @@ def launch(
         ConfigError: unknown device or model kind.
     """
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, also from gradio's module-level helpers
-    print(f"loading {model} and timing one step...", file=sys.stderr)
+    print(f"loading {model} and timing it for the page's time estimates (a minute or so on a CPU)...", file=sys.stderr)
     backend = handlers.load_backend(model, device)
     # Closing the terminal (SIGHUP) or `kill` (SIGTERM) would end the process without running `finally`, leaving
     # every upload and result on disk; turned into the exit Ctrl-C already is, they clean up the same way.

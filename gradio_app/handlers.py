@@ -438,8 +438,8 @@ def estimate(
     if seconds is None:
         from cloak.methods import METHODS
 
-        slower = " It is usually slower, because it runs the diffusion model too." if "unet" in METHODS[
-            config.method].needs else ""
+        uses_unet = "unet" in METHODS[config.method].needs
+        slower = " It is usually slower, because it runs the diffusion model too." if uses_unet else ""
         return (
             f"No time estimate for the **{method_label(config.method, config.options)}** method: only "
             f"{', '.join(backend.step_seconds)} was timed at start-up.{slower}"
