@@ -46,9 +46,9 @@ _CHUNK = 2**20  # bytes read at a time while unpacking
 # Side of the square test image timed at start-up, px (capped by the model's resolution). Small, so start-up
 # stays quick; the estimate scales the measured time by the number of pixels the model sees.
 TIMING_SIDE = 256
-# Side of the picture on which the full-size costs (those that grow with the file's pixels, not the model's) are
-# timed at start-up, px.
-CALIBRATION_SIDE = 1024
+# Sides of the two pictures on which the full-size costs (those that grow with the file's pixels, not the model's)
+# are timed at start-up, px: both at least SD-1.5's 512, so the model sees them alike.
+CALIBRATION_SIDES = (512, 1536)
 
 Progress = Callable[..., Any]  # gr.Progress-like: progress(fraction in [0, 1], desc=str)
 
@@ -186,32 +186,39 @@ def _ramps(height: int, width: int) -> np.ndarray:
     )
 
 
-def time_full_size(components: Components, folder: Path, side: int = CALIBRATION_SIDE) -> tuple[float, float]:
+def time_full_size(
+    components: Components, folder: Path, sides: tuple[int, int] = CALIBRATION_SIDES
+) -> tuple[float, float]:
     """Seconds per full-size pixel that the model's views do not account for: per optimiser step, and per image.
 
-    Runs the whole path an upload takes (:func:`cloak.batch.run_job` and the comparison pictures) on a
-    ``side`` x ``side`` picture with the VAE-only encoder method for two steps, and subtracts what
-    :func:`time_step` predicts for the model. Without this a 4000x3000 file was estimated at a second and took 40.
+    Runs the whole path an upload takes (:func:`cloak.batch.run_job` and the comparison pictures) on two square
+    pictures, ``sides`` px, with the VAE-only encoder method for two steps. Both are seen by the model as one view of
+    the same size (resized to its resolution), so the differences between the two runs are the costs that grow with
+    the file's pixels, the model's cancelling out. Without this a 4000x3000 file was estimated at a second and took
+    40.
     """
     from cloak.protect import CloakConfig, Cloaker
 
+    cloaker = Cloaker(components, CloakConfig(method="encoder", steps=2))
+    runs = []
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        source = Path(scratch) / "calibration.png"
-        Image.fromarray(_ramps(side, side)).save(source)
-        cloaker = Cloaker(components, CloakConfig(method="encoder", steps=2))
-        model_step = time_step(components, "encoder") * view_pixels(cloaker, side, side)
-        stamps: list[float] = []
-        job = Job(source=source, output=Path(scratch) / "out.png", sidecar=Path(scratch) / "out.cloak.json")
-        start = time.perf_counter()
-        outcome = run_job(job, cloaker, seed=0, callback=lambda i, n, loss: stamps.append(time.perf_counter()))
-        if outcome.status != "done":
-            return 0.0, 0.0  # no estimate beats a wrong one; the model's part is still counted
-        _comparison(Upload("calibration.png", source), job.output, Path(scratch), "calibration", cloaker.config.eps)
-        total = time.perf_counter() - start
-    step = stamps[1] - stamps[0]
-    pixels = side * side
-    per_step = max(0.0, step - model_step) / pixels
-    per_image = max(0.0, total - 2 * step - model_step) / pixels  # the rest, less the target's model evaluation
+        for side in sides:
+            source = Path(scratch) / f"calibration{side}.png"
+            Image.fromarray(_ramps(side, side)).save(source)
+            job = Job(source, Path(scratch) / f"out{side}.png", Path(scratch) / f"out{side}.cloak.json")
+            stamps: list[float] = []
+            start = time.perf_counter()
+            outcome = run_job(
+                job, cloaker, seed=0, callback=lambda i, n, loss, at=stamps: at.append(time.perf_counter())
+            )
+            if outcome.status != "done":
+                return 0.0, 0.0  # no estimate beats a wrong one; the model's part is still counted
+            _comparison(Upload(source.name, source), job.output, Path(scratch), f"c{side}", cloaker.config.eps)
+            total = time.perf_counter() - start
+            runs.append((side * side, stamps[1] - stamps[0], total))
+    (small, step_small, total_small), (large, step_large, total_large) = runs
+    per_step = max(0.0, step_large - step_small) / (large - small)
+    per_image = max(0.0, (total_large - 2 * step_large) - (total_small - 2 * step_small)) / (large - small)
     return per_step, per_image
 
 
