@@ -664,6 +664,7 @@ def run(
                 ordered = [rows[c.key] for c in cells if c.key in rows]
                 write_csv(out_dir / "results.csv", ordered)
                 run_info.update(interrupted=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                atomic_write_json(out_dir / "run.json", run_info)
                 write_report(out_dir, config, ordered, _write_results(out_dir, config, cells, rows), run_info)
             raise
         gathered = gather((new_rows, failures))

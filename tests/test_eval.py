@@ -746,3 +746,25 @@ def test_series_beyond_the_palette_do_not_repeat_a_look():
 
     looks = [_style(i) for i in range(2 * len(COLOURS))]
     assert len(set(looks)) == len(looks)
+
+
+def test_ctrl_c_in_a_grid_leaves_the_finished_cells_tables(micro_grid, tmp_path, monkeypatch):
+    import eval.runner as runner
+
+    real = runner._Grid.run_cell
+    calls = []
+
+    def stops_at_the_second(self, cell):
+        calls.append(cell.key)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, cell)
+
+    monkeypatch.setattr(runner._Grid, "run_cell", stops_at_the_second)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(micro_grid, out, progress=False, log=lambda s: None)
+    with (out / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 1  # the one finished cell, tabled
+    assert (out / "summary.md").is_file() and (out / "report.html").is_file()
+    assert "interrupted" in json.loads((out / "run.json").read_text())
