@@ -150,10 +150,11 @@ def test_usage_errors_exit_2(tmp_path, args, message):
 
 def test_missing_model_is_one_clear_line(tmp_path):
     Image.fromarray(_noise(8, 8)).save(tmp_path / "a.png")
-    result = _protect(tmp_path / "a.png", "--out", tmp_path / "o", "--model", "someone/not-cached-model")
+    result = _protect(tmp_path / "a.png", "--out", tmp_path / "o" / "sub", "--model", "someone/not-cached-model")
     assert result.exit_code == 1
     assert "someone/not-cached-model" in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()  # the --out folders checked for writing are not left behind, empty
 
 
 def test_missing_input_and_lossy_warning(tmp_path, tiny_model_dir):
