@@ -20,7 +20,7 @@ import numpy as np
 
 from cloak import __version__, metrics
 from cloak.errors import CloakError, ConfigError
-from cloak.imageio import SUPPORTED_SUFFIXES, atomic_write_json, load_artwork, save_artwork
+from cloak.imageio import SUPPORTED_SUFFIXES, atomic_write_json, channels_equal, load_artwork, save_artwork
 
 if TYPE_CHECKING:
     from cloak.distributed import Node
@@ -273,10 +273,7 @@ def run_job(
         notes = list(artwork.notes)
         # A pencil drawing scanned or exported as RGB is grey in every pixel: a coloured cloak would show as colour
         # noise on it, so its cloak is kept grey too (the file stays RGB).
-        grey = artwork.grey or bool(
-            np.array_equal(artwork.rgb[..., 0], artwork.rgb[..., 1])
-            and np.array_equal(artwork.rgb[..., 0], artwork.rgb[..., 2])
-        )
+        grey = artwork.grey or channels_equal(artwork.rgb)
         if grey and not artwork.grey:
             notes.append("the picture is grey in every pixel, so its cloak is kept grey too (saved as RGB)")
         result: CloakResult = cloaker.protect(artwork.rgb, grey=grey, seed=seed, callback=callback)

@@ -221,7 +221,7 @@ def save_artwork(
 
     icc_profile = artwork.icc_profile
     if artwork.grey:
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        if not channels_equal(rgb):
             raise ConfigError(
                 f"{artwork.path.name} is greyscale and is saved greyscale, but the three channels of the "
                 "pixels differ; make the cloak greyscale (equal channels)."
@@ -257,6 +257,11 @@ def save_artwork(
     buffer = io.BytesIO()
     image.save(buffer, format=format.upper(), **options)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def channels_equal(rgb: np.ndarray) -> bool:
+    """The three channels of ``(H, W, 3)`` pixels are equal everywhere: the picture is grey."""
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
