@@ -578,7 +578,7 @@ def run(
     console = Console(stderr=True, soft_wrap=True)  # no hard wrap at 80 columns when stderr is a log file
     log = log or console.print
     with session(device or config.device) as node:  # under torchrun / accelerate launch: this rank's cells
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = _now()
         cells = plan(config)
         prints = {c.key: cell_fingerprint(config, c) for c in cells}
         done = {}
@@ -659,35 +659,39 @@ def run(
                     bar.advance(task)
         except KeyboardInterrupt:
             if node.world_size == 1 and rows:  # the finished cells are in results.json: write their tables too
-                from eval.report import write_report
-
-                ordered = [rows[c.key] for c in cells if c.key in rows]
-                write_csv(out_dir / "results.csv", ordered)
-                run_info.update(interrupted=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-                atomic_write_json(out_dir / "run.json", run_info)
-                write_report(out_dir, config, ordered, _write_results(out_dir, config, cells, rows), run_info)
+                _write_outputs(out_dir, config, cells, rows, run_info, interrupted=_now())
             raise
         gathered = gather((new_rows, failures))
         if node.is_main:
             for their_rows, their_failures in gathered[1:]:
                 rows.update(their_rows)
                 failures += their_failures
-            ordered = [rows[c.key] for c in cells if c.key in rows]
-            summary = _write_results(out_dir, config, cells, rows)
-            write_csv(out_dir / "results.csv", ordered)
             if failures:
                 atomic_write_bytes(out_dir / "failures.log", "\n".join(failures).encode("utf-8"))
-            from eval.report import write_report
-
-            run_info.update(
-                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), failed_cells=len(failures)
-            )
-            atomic_write_json(out_dir / "run.json", run_info)
-            write_report(out_dir, config, ordered, summary, run_info)
+            _write_outputs(out_dir, config, cells, rows, run_info, finished=_now(), failed_cells=len(failures))
             for stale in out_dir.glob(PART_GLOB):  # merged into results.json
                 stale.unlink()
         (failed,) = all_sum([len(failures) if node.is_main else 0])  # also holds every rank until rank 0 wrote
     return 1 if failed else 0
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_outputs(
+    out_dir: Path, config: EvalConfig, cells: list[Cell], rows: dict[str, dict[str, Any]], run_info: dict[str, Any],
+    **stamp: Any,
+) -> None:
+    """results.json (and its archive), results.csv, run.json with ``stamp`` added, and the report, for ``rows``."""
+    from eval.report import write_report
+
+    ordered = [rows[c.key] for c in cells if c.key in rows]
+    summary = _write_results(out_dir, config, cells, rows)
+    write_csv(out_dir / "results.csv", ordered)
+    run_info.update(stamp)
+    atomic_write_json(out_dir / "run.json", run_info)
+    write_report(out_dir, config, ordered, summary, run_info)
 
 
 def done_device(rows: dict[str, dict[str, Any]]) -> str | None:
