@@ -20,7 +20,14 @@ import numpy as np
 
 from cloak import __version__, metrics
 from cloak.errors import CloakError, ConfigError
-from cloak.imageio import SUPPORTED_SUFFIXES, atomic_write_json, channels_equal, load_artwork, save_artwork
+from cloak.imageio import (
+    SUPPORTED_SUFFIXES,
+    atomic_write_json,
+    channels_equal,
+    check_format,
+    load_artwork,
+    save_artwork,
+)
 
 if TYPE_CHECKING:
     from cloak.distributed import Node
@@ -175,7 +182,7 @@ def plan_jobs(pairs: Sequence[tuple[Path, Path]], out_dir: Path, fmt: str = "png
     errors: list[str] = []
     for source, rel in pairs:
         output = out_dir / rel.with_name(rel.name + FORMATS[fmt])
-        sidecar = out_dir / rel.with_name(rel.name + SIDECAR_SUFFIX)
+        sidecar = sidecar_of(output)
         key, real = output.resolve(), source.resolve()
         if claimed.get(key) == real:
             continue  # the same file named twice with the same output (e.g. a file and its folder): cloak it once
@@ -265,11 +272,7 @@ def run_job(
             return verdict
     try:
         artwork = load_artwork(job.source, strip_gps=strip_gps)
-        if artwork.alpha is not None and fmt == "jpeg":  # refused before minutes of cloaking, not after
-            raise ConfigError(
-                f"{job.source}: it has transparency (an alpha channel), which JPEG cannot store; "
-                "use --format png (lossless, the default) or webp."
-            )
+        check_format(artwork, fmt)  # refused before minutes of cloaking, not after
         notes = list(artwork.notes)
         # A pencil drawing scanned or exported as RGB is grey in every pixel: a coloured cloak would show as colour
         # noise on it, so its cloak is kept grey too (the file stays RGB).

@@ -213,11 +213,7 @@ def save_artwork(
             f"pixels for {artwork.path.name} must match its size {width}x{height} (width x height), got "
             f"{rgb.shape[1]}x{rgb.shape[0]} (array shape {rgb.shape})."
         )
-    if artwork.alpha is not None and format == "jpeg":
-        raise ConfigError(
-            f"{artwork.path.name} has an alpha channel (transparency) and JPEG cannot store one; "
-            "save as png (lossless) or webp."
-        )
+    check_format(artwork, format)
 
     icc_profile = artwork.icc_profile
     if artwork.grey:
@@ -257,6 +253,20 @@ def save_artwork(
     buffer = io.BytesIO()
     image.save(buffer, format=format.upper(), **options)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def check_format(artwork: Artwork, format: str) -> None:
+    """Refuse an output format that cannot hold the artwork (transparency in JPEG): `save_artwork` does, and callers
+    that spend minutes before saving check first.
+
+    Raises:
+        ConfigError: naming the file.
+    """
+    if artwork.alpha is not None and format == "jpeg":
+        raise ConfigError(
+            f"{artwork.path}: it has transparency (an alpha channel), and JPEG cannot store one; save as png "
+            "(lossless, the default) or webp."
+        )
 
 
 def channels_equal(rgb: np.ndarray) -> bool:
