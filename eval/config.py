@@ -381,7 +381,7 @@ def check_input_files(config: EvalConfig) -> None:
     """Fail before any model loads when a file the grid reads is missing: an artist's folder (or it holds too few
     images), a ``precomputed`` defence's folder, a defence's target image (which a config may name before a
     benchmark script writes it, so it is checked here, not when the config is parsed) or its ``surrogate`` model."""
-    from cloak.imageio import SUPPORTED_SUFFIXES
+    from eval.data import image_files  # eval.data imports this module
 
     for a in config.artists:
         if a.folder is None:
@@ -391,7 +391,7 @@ def check_input_files(config: EvalConfig) -> None:
                 f"{config.source}: artist {a.name!r}: the folder {a.folder} does not exist; set `folder` in the "
                 "config or pass the artist's folder (cloak eval CONFIG --artist FOLDER)."
             )
-        images = sum(p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES for p in a.folder.iterdir())
+        images = len(image_files(a.folder))
         if images < a.n_train + 2:  # a folder holds out all but n_train (eval.data.load_artist)
             raise ConfigError(
                 f"{config.source}: artist {a.name!r}: the folder {a.folder} holds {images} images; this config "

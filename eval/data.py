@@ -55,7 +55,8 @@ def fit_square(rgb: np.ndarray, resolution: int) -> np.ndarray:
     return np.asarray(im.crop((left, top, left + resolution, top + resolution)).convert("RGB"))
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The images of an artist's (or a precomputed defence's) folder, sorted by name: what the grid reads."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
 
 
@@ -78,7 +79,7 @@ def load_artist(spec: ArtistSpec, resolution: int) -> ArtistImages:
         return ArtistImages(tuple(f"train-{i:03d}" for i in range(spec.n_train)), train, heldout)
     if not spec.folder.is_dir():
         raise ConfigError(f"artist {spec.name!r}: the folder {spec.folder} does not exist.")
-    files = _image_files(spec.folder)
+    files = image_files(spec.folder)
     if len(files) < spec.n_train + 2:
         raise ConfigError(
             f"artist {spec.name!r}: {spec.folder} holds {len(files)} image(s); need n_train={spec.n_train} for "
@@ -95,7 +96,7 @@ def load_precomputed(spec: DefenceSpec, artist: str, names: tuple[str, ...], res
     folder = Path(spec.precomputed.replace("{artist}", artist)).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"defence {spec.name!r}: the precomputed folder {folder} does not exist.")
-    by_stem = {p.stem: p for p in _image_files(folder)}
+    by_stem = {p.stem: p for p in image_files(folder)}
     missing = [n for n in names if n not in by_stem]
     if missing:
         raise ConfigError(
