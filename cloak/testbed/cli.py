@@ -5,7 +5,6 @@ Thin typer layer; torch and diffusers are imported inside the commands so `cloak
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -112,8 +111,7 @@ def check(
         table.add_row(gate.name, gate.measured, gate.target, "yes" if gate.passed else "NO")
     console.print(table)
     if json_out is not None:
-        atomic_write_json(json_out, json.loads(json.dumps({"gates": [asdict(g) for g in report.gates],
-                                                           **report.figures})))
+        atomic_write_json(json_out, {"gates": [asdict(g) for g in report.gates], **report.figures})
     if not all(g.passed for g in report.gates):
         raise typer.Exit(code=1)
 
@@ -151,8 +149,7 @@ def paint(
     paths = [out / f"{stem}-{seed + i}.png" for i in range(n)]
     existing = [p for p in paths if p.exists()]
     if existing:
-        typer.echo(f"error: {existing[0]} exists; nothing written (choose another --out or --seed).", err=True)
-        raise typer.Exit(code=2)
+        raise _fail(f"{existing[0]} exists; nothing written (choose another --out or --seed).")
     try:
         out.mkdir(parents=True, exist_ok=True)
         for i, path in enumerate(paths):
@@ -186,12 +183,10 @@ def judge(
         try:
             style_index(style)
         except ConfigError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(code=2) from None
+            raise _fail(err) from None
     missing = [f for f in folders if not f.is_dir()]
     if missing:
-        typer.echo(f"error: {missing[0]} is not a folder.", err=True)
-        raise typer.Exit(code=2)
+        raise _fail(f"{missing[0]} is not a folder.")
     model = load_judge()
     failed = False
     for folder in folders:
