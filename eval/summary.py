@@ -19,11 +19,12 @@ CLEAN = "clean"
 NO_ATTACK = "none"
 
 
-def _mean_scores(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, str], list[float]]:
-    by: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
+def _scores_by_seed(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[Any, float]]:
+    """Each finished condition's scores, by seed: ``{(artist, defence, attack, mimic): {seed: score}}``."""
+    by: dict[tuple[str, str, str, str], dict[Any, float]] = defaultdict(dict)
     for r in rows:
         if r.get("status") == "ok" and r.get("score") is not None:
-            by[(r["artist"], r["defence"], r["attack"], r["mimic"])].append(r["score"])
+            by[(r["artist"], r["defence"], r["attack"], r["mimic"])][r.get("seed")] = r["score"]
     return by
 
 
@@ -42,12 +43,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         both ran, the protected mimic scored below the clean one, seed for seed) and the defence's mean visibility
         figures.
     """
-    scores = _mean_scores(rows)
+    by_seed = _scores_by_seed(rows)
+    scores = {k: list(v.values()) for k, v in by_seed.items()}
     means = {k: fmean(v) for k, v in scores.items()}
-    by_seed: dict[tuple[str, str, str, str], dict[Any, float]] = defaultdict(dict)
-    for r in rows:
-        if r.get("status") == "ok" and r.get("score") is not None:
-            by_seed[(r["artist"], r["defence"], r["attack"], r["mimic"])][r.get("seed")] = r["score"]
     conditions = []
     for (artist, defence, attack, mimic), score in means.items():  # grid order: config order
         base = means.get((artist, CLEAN, NO_ATTACK, mimic))
