@@ -210,6 +210,17 @@ def slim_for_cloaking(components: Components, cloaker: Cloaker, *, bf16_unet: bo
     release_setup_parts(components, cloaker)
 
 
+def check_seed(seed: Any) -> int:
+    """``seed`` as a Python int, if it is a whole number (numpy integers too) from 0 to 2^63 - 1.
+
+    Raises:
+        ConfigError: otherwise (a float, a bool, a negative number, one that overflows torch's generator).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise ConfigError(f"`seed` must be a whole number from 0 to 2^63 - 1, got {seed!r}.")
+    return int(seed)
+
+
 class Cloaker:
     """Cloak images with one method and one set of loaded model parts.
 
@@ -253,9 +264,7 @@ class Cloaker:
         start = time.perf_counter()
         cfg = self.config
         device = self.components.device
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
-            raise ConfigError(f"`seed` must be a whole number from 0 to 2^63 - 1, got {seed!r}.")
-        seed = int(seed)
+        seed = check_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         x = to_tensor(rgb).to(device)
         views = plan_views(

@@ -371,9 +371,12 @@ def make_config(preset: str, method: str | None, eps: float | None, steps: int |
 
 
 def _check_seed(seed: float | int | None) -> int:
-    if seed is None or isinstance(seed, bool) or float(seed) != int(seed) or not 0 <= int(seed) < 2**63:
-        raise ConfigError(f"`seed` must be a whole number from 0 to 2^63 - 1, got {seed!r}.")
-    return int(seed)
+    """The page's seed field gives floats (``3.0``); a whole one is taken as that number."""
+    from cloak.protect import check_seed
+
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    return check_seed(seed)
 
 
 def format_duration(seconds: float) -> str:

@@ -251,6 +251,8 @@ def test_download_zip_holds_every_png_and_sidecar(backend, uploads):
         ({"paths": []}, "no files: add one or more images (or a .zip of images) first."),
         ({"eps": 0}, "`eps` must be in (0, 255]"),
         ({"seed": -1}, "`seed` must be a whole number from 0 to 2^63 - 1, got -1."),
+        ({"seed": 2.5}, "`seed` must be a whole number from 0 to 2^63 - 1, got 2.5."),
+        ({"seed": float("inf")}, "`seed` must be a whole number from 0 to 2^63 - 1, got inf."),  # was OverflowError
         ({"steps": 2.5}, "`steps` must be a whole number, got 2.5."),
         ({"preset": "extreme"}, "unknown preset 'extreme'; choose one of fast, default, strong."),
     ],
