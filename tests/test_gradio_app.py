@@ -273,10 +273,11 @@ def test_estimate_scales_with_steps_and_images(backend, uploads):
     # The model's part grows with steps + 1 (the target), the full-size part per step with steps, plus once per image.
     model_only = dataclasses.replace(backend, pixel_step_seconds=0.0, pixel_seconds=0.0)
     model_one = handlers.estimate_seconds(model_only, [(40, 24)], fast)
-    assert handlers.estimate_seconds(model_only, [(40, 24)], strong) == pytest.approx(model_one * 65 / 5)
+    ratio = (strong.steps + 1) / (fast.steps + 1)
+    assert handlers.estimate_seconds(model_only, [(40, 24)], strong) == pytest.approx(model_one * ratio)
     sized = dataclasses.replace(backend, pixel_step_seconds=1e-6, pixel_seconds=3e-6)
     assert handlers.estimate_seconds(sized, [(40, 24)], strong) == pytest.approx(
-        model_one * 65 / 5 + 40 * 24 * (64 * 1e-6 + 3e-6)
+        model_one * ratio + 40 * 24 * (strong.steps * 1e-6 + 3e-6)
     )
     # Measured at start-up: a large file costs far more than a small one, though the model sees both at its size.
     assert backend.pixel_step_seconds > 0 and backend.pixel_seconds > 0
