@@ -14,9 +14,9 @@ Seeds are paired across conditions: seed ``s`` draws the same purification param
 noise, and sampling noise for every defence, so conditions differ only by their images.
 
 Outputs in ``out_dir``: ``results.json`` (cells + summary), ``results.csv`` (one row per cell), ``run.json``
-(config, versions, seeds, git revision), ``report.html`` (self-contained), ``plots/*.svg`` and ``summary.md``
-(the per-defence table in Markdown), ``images/`` (the cached training
-images), ``generations/`` (one PNG grid per cell), ``failures.log`` (tracebacks of failed cells).
+(config, versions, seeds, git revision; ``failed`` and ``error`` if the run stopped on an error), ``report.html``
+(self-contained), ``plots/*.svg`` and ``summary.md`` (the per-defence table in Markdown), ``images/`` (the cached
+training images), ``generations/`` (one PNG grid per cell), ``failures.log`` (tracebacks of failed cells).
 """
 
 from __future__ import annotations
@@ -605,73 +605,81 @@ def run(
         }
         if node.is_main:
             atomic_write_json(out_dir / "run.json", run_info)
-        todo = [c for c in cells if c.key not in rows]
-        mine = share_cells(todo, node)
-        grid = _Grid(config, out_dir, node.device, shared_writer=node.is_main) if todo else None
-        if grid is not None and node.world_size > 1:
-            if node.is_main:
-                grid.prepare_shared(todo)
-            barrier()  # the shared caches are written before any other rank reads them
-        run_info["device"] = str(grid.components.device) if grid is not None else done_device(done)
-        # A single process checkpoints into results.json; in a group each rank writes its own part file, merged
-        # by rank 0 at the end (and read back by a resumed run if the group was stopped).
-        part = out_dir / f"results.part{node.rank}.json"
-        new_rows: dict[str, dict[str, Any]] = {}
-        failures: list[str] = []
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        # One live bar per terminal: rank 0's (its share); the other ranks log their lines only.
         try:
-            with Progress(*columns, console=console, disable=not progress or not node.is_main) as bar:
-                resumed = len(cells) - len(todo)
-                task = bar.add_task(f"{node.label}cells", total=resumed + len(mine), completed=resumed)
-                for cell in mine:
-                    what = f"{cell.artist} {cell.defence} {cell.attack} {cell.mimic} s{cell.seed}"
-                    bar.update(task, description=escape(what))
-                    try:
-                        row = grid.run_cell(cell)
-                    except CELL_ERRORS as err:
-                        message = f"{type(err).__name__}: {err}"
-                        row = {
-                            "artist": cell.artist,
-                            "defence": cell.defence,
-                            "attack": cell.attack,
-                            "mimic": cell.mimic,
-                            "seed": cell.seed,
-                            "status": "failed",
-                            "error": message,
-                        }
-                        failures.append(f"== {cell.key}\n{traceback.format_exc()}")
-                        log(f"{node.label}[red]failed[/red] {escape(cell.key)}: {escape(message)}")
-                    else:
-                        log(f"{node.label}done {escape(cell.key)}: score {row.get('score')} in {row['seconds']} s")
-                    row["key"], row["inputs"] = cell.key, prints[cell.key]
-                    rows[cell.key] = new_rows[cell.key] = _finite(row)
-                    if node.world_size == 1:
-                        _write_results(out_dir, config, cells, rows)
-                    else:
-                        atomic_write_json(part, {"config": config.name, "cells": list(new_rows.values())})
-                    bar.advance(task)
-        except KeyboardInterrupt:
-            if node.world_size == 1 and rows:  # the finished cells are in results.json: write their tables too
-                _write_outputs(out_dir, config, cells, rows, run_info, interrupted=_now())
+            todo = [c for c in cells if c.key not in rows]
+            mine = share_cells(todo, node)
+            grid = _Grid(config, out_dir, node.device, shared_writer=node.is_main) if todo else None
+            if grid is not None and node.world_size > 1:
+                if node.is_main:
+                    grid.prepare_shared(todo)
+                barrier()  # the shared caches are written before any other rank reads them
+            run_info["device"] = str(grid.components.device) if grid is not None else done_device(done)
+            # A single process checkpoints into results.json; in a group each rank writes its own part file, merged
+            # by rank 0 at the end (and read back by a resumed run if the group was stopped).
+            part = out_dir / f"results.part{node.rank}.json"
+            new_rows: dict[str, dict[str, Any]] = {}
+            failures: list[str] = []
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
+            # One live bar per terminal: rank 0's (its share); the other ranks log their lines only.
+            try:
+                with Progress(*columns, console=console, disable=not progress or not node.is_main) as bar:
+                    resumed = len(cells) - len(todo)
+                    task = bar.add_task(f"{node.label}cells", total=resumed + len(mine), completed=resumed)
+                    for cell in mine:
+                        what = f"{cell.artist} {cell.defence} {cell.attack} {cell.mimic} s{cell.seed}"
+                        bar.update(task, description=escape(what))
+                        try:
+                            row = grid.run_cell(cell)
+                        except CELL_ERRORS as err:
+                            message = f"{type(err).__name__}: {err}"
+                            row = {
+                                "artist": cell.artist,
+                                "defence": cell.defence,
+                                "attack": cell.attack,
+                                "mimic": cell.mimic,
+                                "seed": cell.seed,
+                                "status": "failed",
+                                "error": message,
+                            }
+                            failures.append(f"== {cell.key}\n{traceback.format_exc()}")
+                            log(f"{node.label}[red]failed[/red] {escape(cell.key)}: {escape(message)}")
+                        else:
+                            log(f"{node.label}done {escape(cell.key)}: score {row.get('score')} in {row['seconds']} s")
+                        row["key"], row["inputs"] = cell.key, prints[cell.key]
+                        rows[cell.key] = new_rows[cell.key] = _finite(row)
+                        if node.world_size == 1:
+                            _write_results(out_dir, config, cells, rows)
+                        else:
+                            atomic_write_json(part, {"config": config.name, "cells": list(new_rows.values())})
+                        bar.advance(task)
+            except KeyboardInterrupt:
+                if node.world_size == 1 and rows:  # the finished cells are in results.json: write their tables too
+                    _write_outputs(out_dir, config, cells, rows, run_info, interrupted=_now())
+                raise
+            gathered = gather((new_rows, failures))
+            if node.is_main:
+                for their_rows, their_failures in gathered[1:]:
+                    rows.update(their_rows)
+                    failures += their_failures
+                if failures:
+                    atomic_write_bytes(out_dir / "failures.log", "\n".join(failures).encode("utf-8"))
+                _write_outputs(out_dir, config, cells, rows, run_info, finished=_now(), failed_cells=len(failures))
+                for stale in out_dir.glob(PART_GLOB):  # merged into results.json
+                    stale.unlink()
+            (failed,) = all_sum([len(failures) if node.is_main else 0])  # also holds every rank until rank 0 wrote
+        except Exception as err:
+            # run.json already names this config: say it failed, so that it is not read as describing the results
+            # an earlier run left in the folder
+            if node.is_main:
+                run_info.update(failed=_now(), error=f"{type(err).__name__}: {err}")
+                atomic_write_json(out_dir / "run.json", run_info)
             raise
-        gathered = gather((new_rows, failures))
-        if node.is_main:
-            for their_rows, their_failures in gathered[1:]:
-                rows.update(their_rows)
-                failures += their_failures
-            if failures:
-                atomic_write_bytes(out_dir / "failures.log", "\n".join(failures).encode("utf-8"))
-            _write_outputs(out_dir, config, cells, rows, run_info, finished=_now(), failed_cells=len(failures))
-            for stale in out_dir.glob(PART_GLOB):  # merged into results.json
-                stale.unlink()
-        (failed,) = all_sum([len(failures) if node.is_main else 0])  # also holds every rank until rank 0 wrote
     return 1 if failed else 0
 
 

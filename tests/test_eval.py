@@ -768,3 +768,21 @@ def test_ctrl_c_in_a_grid_leaves_the_finished_cells_tables(micro_grid, tmp_path,
         assert len(list(csv.DictReader(f))) == 1  # the one finished cell, tabled
     assert (out / "summary.md").is_file() and (out / "report.html").is_file()
     assert "interrupted" in json.loads((out / "run.json").read_text())
+
+
+def test_a_run_that_fails_says_so_in_run_json(micro_grid, tmp_path, monkeypatch):
+    # run.json is written when the run starts; a run that then fails (here: the model does not load) must not leave
+    # it looking like the record of the results an earlier run left in the folder.
+    import eval.runner as runner
+    from cloak.errors import ModelNotFoundError
+
+    def no_model(self, *args, **kwargs):
+        raise ModelNotFoundError("model 'x' is not on this machine")
+
+    monkeypatch.setattr(runner._Grid, "__init__", no_model)
+    out = tmp_path / "out"
+    with pytest.raises(ModelNotFoundError):
+        runner.run(micro_grid, out, progress=False, log=lambda s: None)
+    info = json.loads((out / "run.json").read_text())
+    assert info["error"] == "ModelNotFoundError: model 'x' is not on this machine" and "failed" in info
+    assert "finished" not in info
