@@ -4,7 +4,9 @@ Methods only define a loss (``cloak.methods``); random start, the step schedule,
 valid pixels, seeding and progress reporting live here, once.
 
 The step rule is signed gradient descent (PGD, Madry et al. 2018, https://arxiv.org/abs/1706.06083) with a cosine
-step-size schedule: large steps first to move fast with few model evaluations, small steps last to settle.
+step-size schedule: large steps first to move fast with few model evaluations, small steps last to settle. The
+published methods run as baselines (``cloak.presets.BASELINES``) take their own rule instead: a constant step
+(``schedule="constant"``) or PhotoGuard's linear decay to a hundredth (``"linear"``), with or without a random start.
 
 With a PSNR floor (``min_psnr``) the perturbation is also held to an L2 ball (RMS = 10^(-min_psnr / 20)) inside the
 L-inf one. Signed steps would spread the change evenly over every pixel and waste that budget, so the step becomes
@@ -29,6 +31,9 @@ from cloak.errors import ConfigError
 from cloak.transforms import lowpass
 from cloak.units import eps_to_unit
 
+#: Step-size schedules of :class:`PGDConfig`.
+SCHEDULES = ("cosine", "constant", "linear")
+
 
 @dataclass(frozen=True)
 class PGDConfig:
@@ -43,6 +48,9 @@ class PGDConfig:
         min_psnr: optional PSNR floor in dB (peak 255) on top of the L-inf budget; ``None`` = L-inf only.
         smooth: optional Gaussian sigma, px of the perturbation, by which the random start and each gradient are
             low-passed; ``None`` = none.
+        schedule: ``"cosine"`` (the project's rule: from the first step down to a tenth of it), ``"constant"``
+            (every step the first one's size: the usual PGD of the published methods) or ``"linear"`` (from the
+            first step down to a hundredth of it: PhotoGuard's).
     """
 
     eps: float = 8.0
@@ -51,9 +59,12 @@ class PGDConfig:
     random_start: bool = True
     min_psnr: float | None = None
     smooth: float | None = None
+    schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         eps_to_unit(self.eps)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"`schedule` must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"`steps` must be a positive integer, got {self.steps!r}.")
         if self.step_size is not None and not 0 < self.step_size <= 255:
@@ -76,6 +87,10 @@ class PGDConfig:
     def step_at(self, i: int) -> float:
         """Step size of step ``i`` (0-based), in [0, 1] units."""
         first = self.step_size if self.step_size is not None else max(self.eps / 4, 2.5 * self.eps / self.steps)
+        if self.schedule == "constant":
+            return first / 255.0
+        if self.schedule == "linear":  # PhotoGuard's pgd: first - (first - first / 100) * i / steps
+            return first / 255.0 * (1.0 - 0.99 * i / self.steps)
         frac = i / max(1, self.steps - 1)
         return first / 255.0 * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 

@@ -5,8 +5,11 @@ times are measured by ``python benchmarks/bench_protect.py`` (see the README); a
 backward per view.
 
 ``BASELINES`` are the published methods under their own names with their published settings, converted to the
-0-255 scale of the saved file (FIELD_NOTES section 2-3: repositories state budgets in different pixel spaces).
-They exist to be compared against (``cloak eval`` defences take ``preset = "<name>"``), not recommended to artists.
+0-255 scale of the saved file (FIELD_NOTES section 2-3: repositories state budgets in different pixel spaces): budget,
+step count, and the step rule of each release (a constant step of 1/255 for most, ASPL's 0.6375/255, PhotoGuard's
+linear decay; a random start or none), where the artist presets use the project's cosine schedule. Known departures
+from the releases are listed in docs/RESULTS.md ("How faithful the baselines and purifications are"). They exist to
+be compared against (``cloak eval`` defences take ``preset = "<name>"``), not recommended to artists.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class Preset:
         lpips_bound: optional LPIPS hinge bound (needs LPIPS weights).
         min_psnr: optional PSNR floor, dB, on top of ``eps`` (``cloak.optim``).
         smooth: optional Gaussian sigma, px as the model sees the image, of the optimiser's low-pass (``cloak.optim``).
+        step_size: first (``schedule="constant"``: every) step, 0-255 units; None = the optimiser's default.
+        random_start: start from uniform noise inside the budget.
+        schedule: ``"cosine"`` (the project's step rule) or ``"constant"`` (the published methods' PGD).
         reference: where the settings come from (baselines).
     """
 
@@ -41,6 +47,9 @@ class Preset:
     lpips_bound: float | None = None
     min_psnr: float | None = None
     smooth: float | None = None
+    step_size: float | None = None
+    random_start: bool = True
+    schedule: str = "cosine"
     reference: str = ""
 
 
@@ -66,28 +75,42 @@ BASELINES: dict[str, Preset] = {
         1000,
         "PhotoGuard encoder attack toward a grey image's latent",
         {"target": "grey"},
-        reference="Salman et al., ICML 2023; notebook budget 0.06 in [-1, 1] = 7.7/255, 1000 steps",
+        step_size=2.55,
+        schedule="linear",
+        reference="Salman et al., ICML 2023; notebook budget 0.06 in [-1, 1] = 7.7/255, 1000 steps; step 0.02 in "
+        "[-1, 1] = 2.55/255 decaying linearly to a hundredth, random start (the decay as in the repository's "
+        "demo/app.py; the notebook's step size as quoted by others, not read in the notebook itself)",
     ),
     "mist": Preset(
         "mist",
         16.0,
         100,
         "Mist (fused textural + semantic loss)",
-        reference="Liang et al., ICML 2023; Mist v1: 16/255, 100 steps",
+        step_size=1.0,
+        schedule="constant",
+        reference="Liang et al., ICML 2023; Mist v1: 16/255, 100 steps of 1/255, random start (psyker-team/mist "
+        "mist_v3.py)",
     ),
     "advdm": Preset(
         "advdm",
         16.0,
         100,
         "AdvDM: maximise the denoising loss",
-        reference="Liang et al., ICML 2023: 16/255, 100 steps",
+        step_size=1.0,
+        schedule="constant",
+        reference="Liang et al., ICML 2023: 16/255, 100 steps of 1/255, random start (as run by xavihart/Diff-Protect "
+        "code/diff_mist.py)",
     ),
     "aspl": Preset(
         "aspl",
         6.4,
         300,
         "Anti-DreamBooth ASPL (50 rounds of 6 PGD steps, surrogate fine-tuned in between)",
-        reference="Van Le et al., ICCV 2023: 0.05 in [-1, 1] = 6.4/255, 50 x 6 PGD steps",
+        step_size=0.6375,
+        random_start=False,
+        schedule="constant",
+        reference="Van Le et al., ICCV 2023: 0.05 in [-1, 1] = 6.4/255, 50 x 6 PGD steps of 0.005 in [-1, 1] = "
+        "0.6375/255 from the clean image (scripts/attack_with_aspl.sh)",
     ),
     "sds": Preset(
         "sds",
@@ -95,14 +118,21 @@ BASELINES: dict[str, Preset] = {
         100,
         "SDS(-): score-distillation gradient, minimising the denoising loss",
         {"minimise": True},
-        reference="Xue et al., ICLR 2024: 16/255, 100 steps",
+        step_size=1.0,
+        random_start=False,
+        schedule="constant",
+        reference="Xue et al., ICLR 2024: 16/255, 100 steps of 1/255 from the clean image (xavihart/Diff-Protect "
+        "code/attacks.py pgd_sds)",
     ),
     "pid": Preset(
         "pid",
         12.75,
         1000,
         "PID: push the VAE posterior's mean and log-variance from the artwork's own",
-        reference="Li et al., ICML 2024; release: 0.05 in [0, 1] = 12.75/255, 1000 steps, loss add-log",
+        step_size=1.0,
+        schedule="constant",
+        reference="Li et al., ICML 2024; release: 0.05 in [0, 1] = 12.75/255, 1000 steps of 1/255, random start, loss "
+        "add-log",
     ),
     "glaze-like": Preset(
         "style",

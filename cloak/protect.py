@@ -39,6 +39,7 @@ class CloakConfig:
         steps: optimiser steps (each one forward + backward per view).
         step_size: first step, 0-255 units; ``None`` = the optimiser's default schedule.
         random_start: start from uniform noise inside the budget.
+        schedule: ``"cosine"`` (the project's step sizes, decaying to a tenth) or ``"constant"`` (``cloak.optim``).
         eot: expectation-over-transforms specs (``cloak.transforms``), e.g. ``("jpeg:quality=75", "blur:sigma=1")``;
             one is drawn per view and step. Empty: optimise against the image as is.
         lpips_bound: optional perceptual budget: a hinge ``lpips_weight * max(LPIPS - lpips_bound, 0)`` is added
@@ -57,6 +58,7 @@ class CloakConfig:
     steps: int = 16
     step_size: float | None = None
     random_start: bool = True
+    schedule: str = "cosine"
     eot: tuple[str, ...] = ()
     lpips_bound: float | None = None
     lpips_weight: float = 10.0
@@ -101,6 +103,9 @@ class CloakConfig:
             lpips_bound=p.lpips_bound,
             min_psnr=p.min_psnr,
             smooth=p.smooth,
+            step_size=p.step_size,
+            random_start=p.random_start,
+            schedule=p.schedule,
             options=dict(p.options),
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -118,6 +123,7 @@ class CloakConfig:
             random_start=self.random_start,
             min_psnr=self.min_psnr,
             smooth=self.smooth,
+            schedule=self.schedule,
         )
 
 

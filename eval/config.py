@@ -24,7 +24,7 @@ baseline is always part of it. Schema (every key but ``model``, ``artists`` and 
     [[defences]]                      # a cloak made here ...
     method = "encoder"                #   cloak.methods.METHODS key
     eps = 8                           #   L-inf budget, 0-255 units
-    steps = 16                        #   optimiser steps (also: step_size, eot, options, name)
+    steps = 16                        #   optimiser steps (also: step_size, schedule, random_start, eot, options, name)
     fraction = 0.5                    #   optional: protect only the first half of the training images
     [[defences]]                      # ... or a preset / published baseline (cloak.presets), keys override it
     preset = "mist"
@@ -100,8 +100,11 @@ class ArtistSpec:
     n_heldout: int = 32
 
 
-_LATER_OPTIONS = ("smooth", "fraction")
+_LATER_OPTIONS = ("smooth", "fraction", "schedule", "random_start")
 """DefenceSpec fields added after results were first cached; left out of fingerprints while unset."""
+
+RULE_DEFAULTS = {"step_size": None, "schedule": "cosine", "random_start": True}
+"""The optimiser's step rule by default (``cloak.protect.CloakConfig``); a preset that changes it passes it on."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ class DefenceSpec:
         eps: L-inf budget, 0-255 units.
         steps: optimiser steps.
         step_size: first step, 0-255 units; None = the optimiser's schedule.
+        schedule: the optimiser's step rule (``cloak.optim.SCHEDULES``); None = its default, ``"cosine"``.
+        random_start: start from uniform noise in the budget; None = its default, True.
         eot: expectation-over-transforms specs.
         options: method-specific options.
         precomputed: a folder of protected images named like the training images; ``{artist}`` is replaced by
@@ -145,6 +150,8 @@ class DefenceSpec:
     surrogate: str | None = None
     smooth: float | None = None
     fraction: float | None = None
+    schedule: str | None = None
+    random_start: bool | None = None
 
     def __fingerprint__(self) -> dict[str, Any]:
         """What the cached results are keyed by: every field, except options added since results were first
@@ -162,6 +169,8 @@ class DefenceSpec:
             eps=self.eps,
             steps=self.steps,
             step_size=self.step_size,
+            schedule="cosine" if self.schedule is None else self.schedule,
+            random_start=True if self.random_start is None else self.random_start,
             eot=self.eot,
             lpips_bound=self.lpips_bound,
             min_psnr=self.min_psnr,
@@ -524,7 +533,8 @@ def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
 
     if "precomputed" in values:
         raise ConfigError(f"{where}: give either `preset` or `precomputed`, not both.")
-    keys = ("method", "eps", "steps", "step_size", "eot", "lpips_bound", "min_psnr", "smooth", "options")
+    keys = ("method", "eps", "steps", "step_size", "schedule", "random_start", "eot", "lpips_bound", "min_psnr",
+            "smooth", "options")
     try:
         cfg = CloakConfig.from_preset(values["preset"], **{k: values[k] for k in keys if k in values})
     except ConfigError as err:
@@ -533,7 +543,10 @@ def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
         overridden = {"method", "eps", "steps"} & set(values)
         values["name"] = f"{values['preset']}-{cfg.eps:g}" if overridden else values["preset"]
     settings = ("method", "eps", "steps", "lpips_bound", "min_psnr", "smooth", "options")
-    return {**values, **{k: getattr(cfg, k) for k in settings}}
+    # The step rule only where it is not the optimiser's default: the cells of the presets that keep the default
+    # stay keyed as before.
+    rule = {k: getattr(cfg, k) for k, default in RULE_DEFAULTS.items() if getattr(cfg, k) != default}
+    return {**values, **{k: getattr(cfg, k) for k in settings}, **rule}
 
 
 def _mimic(t: dict[str, Any], where: str) -> list[MimicSpec]:

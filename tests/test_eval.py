@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from cloak.errors import ConfigError
+from cloak.optim import PGDConfig
 from cloak.testbed.judge import Judge, JudgeConfig, JudgeNet
 from eval import metrics as M
 from eval.config import builtin_configs, load_config
@@ -382,7 +383,9 @@ def test_smooth_defence_and_fingerprints_of_unset_later_options(tmp_path):
     ours, soft = load_config(_write(tmp_path, text)).defences
     assert ours.smooth is None and soft.smooth == 0.7 and soft.cloak_config().smooth == 0.7
     # cells cached before `smooth` existed keep their fingerprint; setting it makes a different cell
-    before = {k: v for k, v in dataclasses.asdict(ours).items() if k not in ("smooth", "fraction")}
+    from eval.config import _LATER_OPTIONS
+
+    before = {k: v for k, v in dataclasses.asdict(ours).items() if k not in _LATER_OPTIONS}
     assert fingerprint({"defence": ours}) == fingerprint({"defence": before})
     assert fingerprint({"defence": soft}) != fingerprint({"defence": dataclasses.replace(soft, smooth=None)})
 
@@ -397,6 +400,9 @@ def test_defence_from_a_preset_or_baseline(tmp_path):
     pg, mist, ours, floor = load_config(_write(tmp_path, text)).defences
     assert (pg.name, pg.method, pg.eps, pg.steps) == ("photoguard", "encoder", 7.7, 1000)
     assert pg.options == {"target": "grey"} and pg.preset == "photoguard"
+    assert (pg.step_size, pg.schedule, pg.random_start) == (2.55, "linear", None)  # random start: the default
+    assert pg.cloak_config().pgd() == PGDConfig(eps=7.7, steps=1000, step_size=2.55, schedule="linear")
+    assert (ours.step_size, ours.schedule, ours.random_start) == (None, None, None)  # keyed as before
     assert (mist.name, mist.method, mist.eps, mist.steps) == ("mist-8", "mist", 8, 100)
     assert (ours.name, ours.method, ours.eps, ours.steps) == ("ours", "mist", 8.0, 8)
     assert ours.options == {"semantic": "sds-", "samples": 1}
@@ -709,7 +715,9 @@ def test_fraction_protects_the_first_images_and_leaves_the_rest_original(micro_g
     assert [np.array_equal(a, b) for a, b in zip(third, clean, strict=True)] == [False, True, True]
     spec = grid.defences["half"]
     unset = dataclasses.replace(spec, fraction=None)
-    before = {k: v for k, v in dataclasses.asdict(unset).items() if k not in ("fraction", "smooth")}
+    from eval.config import _LATER_OPTIONS
+
+    before = {k: v for k, v in dataclasses.asdict(unset).items() if k not in _LATER_OPTIONS}
     assert fingerprint({"d": unset}) == fingerprint({"d": before}) != fingerprint({"d": spec})
     for bad in ("0", "1.5", "'half'"):
         with pytest.raises(ConfigError, match=r"`fraction` must be a number"):

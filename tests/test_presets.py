@@ -17,6 +17,9 @@ def test_every_preset_builds_its_objective(name, tiny_components):
     assert (config.method, config.eps, config.steps) == (preset.method, preset.eps, preset.steps)
     assert config.options == preset.options and config.lpips_bound == preset.lpips_bound
     assert config.min_psnr == preset.min_psnr
+    assert (config.step_size, config.schedule, config.random_start) == (
+        preset.step_size, preset.schedule, preset.random_start
+    )
     objective = METHODS[config.method](tiny_components, **config.options)  # options are ones the method takes
     assert objective.name == config.method
 
@@ -34,6 +37,21 @@ def test_baselines_carry_their_published_budgets():
     }
     assert BASELINES["glaze-like"].lpips_bound == 0.05
     assert all(b.reference for b in BASELINES.values())
+
+
+def test_baselines_carry_their_published_step_rules():
+    # (first step in 0-255 units, schedule, random start), from each method's release (presets.BASELINES' references)
+    assert {n: (b.step_size, b.schedule, b.random_start) for n, b in BASELINES.items()} == {
+        "photoguard": (2.55, "linear", True),
+        "mist": (1.0, "constant", True),
+        "advdm": (1.0, "constant", True),
+        "aspl": (0.6375, "constant", False),
+        "sds": (1.0, "constant", False),
+        "pid": (1.0, "constant", True),
+        "glaze-like": (None, "cosine", True),  # Glaze is no PGD: the project's rule
+    }
+    # the artist presets keep the project's rule
+    assert {(p.step_size, p.schedule, p.random_start) for p in PRESETS.values()} == {(None, "cosine", True)}
 
 
 def test_overrides_win_and_a_new_method_drops_the_presets_options():

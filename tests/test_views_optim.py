@@ -167,6 +167,17 @@ def test_step_schedule_decays():
     assert math.isclose(sizes[-1], sizes[0] * 0.1)
 
 
+def test_the_published_methods_step_rules():
+    constant = PGDConfig(eps=16, steps=100, step_size=1.0, schedule="constant")
+    assert {constant.step_at(i) for i in range(100)} == {1.0 / 255}
+    linear = PGDConfig(eps=7.7, steps=1000, step_size=2.55, schedule="linear")  # PhotoGuard: down to a hundredth
+    sizes = [linear.step_at(i) for i in range(1000)]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == 2.55 / 255
+    assert math.isclose(sizes[-1], 2.55 / 255 * (0.01 + 0.99 / 1000))
+    with pytest.raises(ConfigError, match="`schedule` must be one of cosine, constant, linear, got 'step'"):
+        PGDConfig(schedule="step")
+
+
 def test_quantise_enforces_integer_budget_on_8bit_pixels():
     rgb = np.array([[[0, 128, 255]]], dtype=np.uint8)
     delta = torch.tensor([0.9, 0.9, 0.9]).view(1, 3, 1, 1) * (7.6 / 255)
