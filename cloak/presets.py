@@ -35,7 +35,7 @@ class Preset:
         smooth: optional Gaussian sigma, px as the model sees the image, of the optimiser's low-pass (``cloak.optim``).
         step_size: first (``schedule="constant"``: every) step, 0-255 units; None = the optimiser's default.
         random_start: start from uniform noise inside the budget.
-        schedule: ``"cosine"`` (the project's step rule) or ``"constant"`` (the published methods' PGD).
+        schedule: ``"cosine"`` (the project's step rule), ``"constant"`` or ``"linear"`` (published methods' rules).
         reference: where the settings come from (baselines).
     """
 

@@ -39,7 +39,8 @@ class CloakConfig:
         steps: optimiser steps (each one forward + backward per view).
         step_size: first step, 0-255 units; ``None`` = the optimiser's default schedule.
         random_start: start from uniform noise inside the budget.
-        schedule: ``"cosine"`` (the project's step sizes, decaying to a tenth) or ``"constant"`` (``cloak.optim``).
+        schedule: ``"cosine"`` (the project's step sizes, decaying to a tenth), ``"constant"`` or ``"linear"``
+            (the published methods' rules, ``cloak.optim.SCHEDULES``).
         eot: expectation-over-transforms specs (``cloak.transforms``), e.g. ``("jpeg:quality=75", "blur:sigma=1")``;
             one is drawn per view and step. Empty: optimise against the image as is.
         lpips_bound: optional perceptual budget: a hinge ``lpips_weight * max(LPIPS - lpips_bound, 0)`` is added
