@@ -476,7 +476,14 @@ class NoisyUpscale(Purifier):
 
 class Impress(Purifier):
     """IMPRESS (`impress`): ``iterations`` (100), ``lr`` (0.004), L-inf ``eps`` (8, 0-255 units) or, with an
-    injected LPIPS model, ``lpips_eps`` (0.1) and hinge weight ``alpha`` (10)."""
+    LPIPS model, ``lpips_eps`` (0.1) and hinge weight ``alpha`` (10).
+
+    The LPIPS model is injected (``parse_spec(..., lpips=...)``) or named by ``lpips_net``: ``"vgg"`` (the IMPRESS
+    release's backbone) or ``"alex"`` loads it with ``cloak.models.load_lpips`` (its backbone weights come from
+    torchvision's hub: offline this fails with one line). ``"none"`` (the default) keeps the L-inf box, which is
+    what runs offline; the release bounds LPIPS instead, which allows far larger changes (docs/RESULTS.md, "How
+    faithful the baselines and purifications are").
+    """
 
     name = "impress"
     summary = "IMPRESS: VAE-consistency optimisation within a bound (needs a VAE)"
@@ -488,12 +495,19 @@ class Impress(Purifier):
         Param("eps", float, 8.0, low=1, high=255, unit="0-255 units"),
         Param("lpips_eps", float, 0.1, low=0, low_open=True),
         Param("alpha", float, 10.0, low=0, low_open=True),
+        Param("lpips_net", str, "none", choices=("none", "vgg", "alex")),
     )
 
     def __init__(self, components: Components | None, *, lpips: Any = None, **options: Any) -> None:
         super().__init__(**options)
         self.components = check_components(components, self.needs, self.name)
+        if lpips is None and self.values["lpips_net"] != "none":
+            from cloak.models import load_lpips
+
+            lpips = load_lpips(self.components.device, net=self.values["lpips_net"])
         self.lpips = lpips
 
-    def purify(self, x: Tensor, iterations: int, lr: float, eps: float, lpips_eps: float, alpha: float) -> Tensor:
+    def purify(
+        self, x: Tensor, iterations: int, lr: float, eps: float, lpips_eps: float, alpha: float, lpips_net: str
+    ) -> Tensor:
         return impress(x, self.components, iterations, lr, eps, lpips_eps, alpha, self.lpips)

@@ -140,3 +140,36 @@ def test_impress_small_image_is_its_own_view(tiny_components):
     with Recorder(tiny_components.vae.encoder) as encoder:
         impress(smooth_image(32, 24), tiny_components, iterations=2, lr=0.004, eps=8, lpips_eps=0.1, alpha=10.0)
     assert encoder.shapes == [(1, 3, 32, 24)] * 2
+
+
+def test_impress_lpips_net_loads_that_lpips_and_drops_the_box(tiny_components, monkeypatch):
+    import cloak.models
+
+    asked = []
+
+    def fake_load(device, net="alex", **kwargs):  # the real one needs torchvision's backbone weights
+        asked.append(net)
+        return lambda a, b: (a - b).pow(2).mean(dim=(1, 2, 3), keepdim=True)
+
+    monkeypatch.setattr(cloak.models, "load_lpips", fake_load)
+    x = smooth_image(32, 32)
+    purifier = parse_spec("impress:lpips_net=vgg,iterations=30,lr=0.05,eps=1", tiny_components)
+    assert asked == ["vgg"] and purifier.spec == "impress:iterations=30,lr=0.05,eps=1,lpips_net=vgg"
+    y = purifier(x, torch.Generator())
+    assert (y - x).abs().max() > 1 / 255  # bound by LPIPS, not by the 1/255 box
+    boxed = parse_spec("impress:iterations=30,lr=0.05,eps=1", tiny_components)(x, torch.Generator())
+    assert (boxed - x).abs().max() <= 1 / 255 + 1e-6 and asked == ["vgg"]
+
+
+def test_impress_lpips_net_without_its_weights_fails_with_the_loaders_line(tiny_components, monkeypatch):
+    import cloak.models
+    from cloak.errors import ModelNotFoundError
+
+    def offline(device, net="alex", **kwargs):
+        raise ModelNotFoundError(f"LPIPS ({net}) needs its backbone weights, which are not on this machine.")
+
+    monkeypatch.setattr(cloak.models, "load_lpips", offline)
+    with pytest.raises(ModelNotFoundError, match=r"LPIPS \(vgg\) needs its backbone weights"):
+        parse_spec("impress:lpips_net=vgg", tiny_components)
+    with pytest.raises(ConfigError, match="`lpips_net` must be one of 'none', 'vgg', 'alex'"):
+        parse_spec("impress:lpips_net=squeeze", tiny_components)
