@@ -103,8 +103,8 @@ class ArtistSpec:
 _LATER_OPTIONS = ("smooth", "fraction", "schedule", "random_start")
 """DefenceSpec fields added after results were first cached; left out of fingerprints while unset."""
 
-RULE_DEFAULTS = {"step_size": None, "schedule": "cosine", "random_start": True}
-"""The optimiser's step rule by default (``cloak.protect.CloakConfig``); a preset that changes it passes it on."""
+_STEP_RULE = ("step_size", "schedule", "random_start")
+"""The optimiser's step rule (``cloak.protect.CloakConfig`` fields); a preset that changes it passes it on."""
 
 
 @dataclass(frozen=True)
@@ -169,13 +169,13 @@ class DefenceSpec:
             eps=self.eps,
             steps=self.steps,
             step_size=self.step_size,
-            schedule="cosine" if self.schedule is None else self.schedule,
-            random_start=True if self.random_start is None else self.random_start,
             eot=self.eot,
             lpips_bound=self.lpips_bound,
             min_psnr=self.min_psnr,
             smooth=self.smooth,
             options=dict(self.options),
+            # unset: CloakConfig's own defaults
+            **{k: v for k, v in (("schedule", self.schedule), ("random_start", self.random_start)) if v is not None},
         )
 
 
@@ -545,7 +545,8 @@ def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
     settings = ("method", "eps", "steps", "lpips_bound", "min_psnr", "smooth", "options")
     # The step rule only where it is not the optimiser's default: the cells of the presets that keep the default
     # stay keyed as before.
-    rule = {k: getattr(cfg, k) for k, default in RULE_DEFAULTS.items() if getattr(cfg, k) != default}
+    defaults = {f.name: f.default for f in dataclasses.fields(CloakConfig)}
+    rule = {k: getattr(cfg, k) for k in _STEP_RULE if getattr(cfg, k) != defaults[k]}
     return {**values, **{k: getattr(cfg, k) for k in settings}, **rule}
 
 
