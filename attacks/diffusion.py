@@ -12,13 +12,14 @@ and dtype; the models run on ``components.device`` in ``components.dtype``.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attacks.base import Purifier, seeded
+from attacks.base import SEED_RANGE, Purifier, seeded
 from cloak.errors import ConfigError
 from cloak.specs import Param
 from cloak.transforms import gaussian_noise
@@ -308,6 +309,13 @@ def noisy_upscale(
     return diffpure(blurry, components, t, num_inference_steps, generator, prompt)
 
 
+def cosine_annealed(lr: float, step: int, steps: int) -> float:
+    """Step ``step`` of ``steps`` on a cosine from ``lr`` down to ``lr / 1000`` (as IMPRESS's release anneals:
+    torch's CosineAnnealingLR from 0.01 to 1e-5)."""
+    floor = lr / 1000
+    return floor + (lr - floor) * (1 + math.cos(math.pi * step / steps)) / 2
+
+
 def impress(
     x: Tensor,
     components: Components,
@@ -317,20 +325,24 @@ def impress(
     lpips_eps: float,
     alpha: float,
     lpips_model: Any = None,
+    noise: float = 0.0,
+    schedule: str = "constant",
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """IMPRESS: make the image, as the model sees it, consistent under the VAE round trip, staying close to the input.
 
-    Cao et al., "IMPRESS: Evaluating the Resilience of Imperceptible Perturbations Against Unauthorized Data
-    Usage in Diffusion-Based Generative AI", NeurIPS 2023 (https://arxiv.org/abs/2310.19248). Targets the VAE:
-    a cloak that moves the latent leaves ``x`` and ``D(E(x))`` apart; minimising
-    ``||v(x') - D(E(v(x')))||^2`` pulls it back. Adam on ``x'`` from ``x``, ``iterations`` steps (the paper goes
-    up to 3000). ``v`` renders the image as the mimic's data loader does (`cloak.views`: short side resized,
-    antialiased, to ``components.resolution`` when larger; overlapping tiles of that when very elongated): the
-    paper works on images at SD's 512 px, where ``v`` is the identity; on a larger image the fine-tune only ever
-    sees ``v(x')``, so that is where the consistency is sought, and the gradient flows back through the resize
-    to a full-resolution ``x'``. The closeness bound is on the full-resolution image: with ``lpips_model``, the
-    paper's hinge penalty ``alpha * max(LPIPS(x', x) - lpips_eps, 0)``; without one, a hard L-inf projection to
-    ``eps``/255 around x.
+    Cao et al., "IMPRESS: Evaluating the Resilience of Imperceptible Perturbations Against Unauthorized Data Usage in
+    Diffusion-Based Generative AI", NeurIPS 2023 (https://arxiv.org/abs/2310.19248). Targets the VAE: a cloak that
+    moves the latent leaves ``x`` and ``D(E(x))`` apart; minimising ``||v(x') - D(E(v(x')))||^2`` pulls it back. Adam
+    on ``x'`` from ``x`` (plus Gaussian noise of std ``noise`` when > 0, as the release starts), ``iterations`` steps
+    (the paper goes up to 3000), the step size constant or annealed on a cosine to a thousandth of ``lr`` (the
+    release's schedule). ``v`` renders the image as the mimic's data loader does (`cloak.views`: short side resized,
+    antialiased, to ``components.resolution`` when larger; overlapping tiles of that when very elongated): the paper
+    works on images at SD's 512 px, where ``v`` is the identity; on a larger image the fine-tune only ever sees
+    ``v(x')``, so that is where the consistency is sought, and the gradient flows back through the resize to a
+    full-resolution ``x'``. The closeness bound is on the full-resolution image: with ``lpips_model``, the paper's
+    hinge penalty ``alpha * max(LPIPS(x', x) - lpips_eps, 0)``; without one, a hard L-inf projection to ``eps``/255
+    around x.
 
     Args:
         x: ``(B, 3, H, W)`` in [0, 1].
@@ -341,6 +353,9 @@ def impress(
         lpips_eps: LPIPS bound (used with ``lpips_model``; the paper uses 0.1).
         alpha: weight of the LPIPS hinge (with ``lpips_model``).
         lpips_model: a callable ``(a, b) -> distance`` on [-1, 1] images (an ``lpips.LPIPS``), or None.
+        noise: std of the Gaussian noise added to the starting point, [0, 1] units; 0 starts from ``x``.
+        schedule: ``"constant"`` or ``"cosine"`` (annealed from ``lr`` to ``lr / 1000`` over the steps).
+        generator: draws the starting noise (needed when ``noise`` > 0), on its own device.
 
     Returns:
         ``(B, 3, H, W)`` in [0, 1], on ``x``'s device and dtype.
@@ -350,10 +365,24 @@ def impress(
     views = plan_views(h, w, resolution=components.resolution, multiple=vae_scale_factor(vae))
     target = x.detach().to(components.device, components.dtype)
     bound = eps_to_unit(eps)
-    x_pur = target.clone().requires_grad_(True)
+
+    def project_(image: Tensor) -> None:
+        if lpips_model is None:
+            image.copy_(torch.minimum(torch.maximum(image, target - bound), target + bound))
+        image.clamp_(0, 1)
+
+    x_pur = target.clone()
+    if noise > 0:
+        if generator is None:
+            raise ValueError("impress: a noisy start (noise > 0) needs a generator")
+        x_pur += noise * torch.randn(x_pur.shape, generator=generator, device=generator.device).to(x_pur)
+        project_(x_pur)
+    x_pur.requires_grad_(True)
     optimiser = torch.optim.Adam([x_pur], lr=lr)
     with torch.enable_grad():  # callers often purify under no_grad; this optimisation needs gradients
-        for _ in range(iterations):
+        for step in range(iterations):
+            if schedule == "cosine":
+                optimiser.param_groups[0]["lr"] = cosine_annealed(lr, step, iterations)
             optimiser.zero_grad()
             loss = 0.0
             for view in views:
@@ -366,9 +395,7 @@ def impress(
             loss.backward()
             optimiser.step()
             with torch.no_grad():
-                if lpips_model is None:
-                    x_pur.copy_(torch.minimum(torch.maximum(x_pur, target - bound), target + bound))
-                x_pur.clamp_(0, 1)
+                project_(x_pur)
     return x_pur.detach().to(x.device, x.dtype)
 
 
@@ -476,7 +503,13 @@ class NoisyUpscale(Purifier):
 
 class Impress(Purifier):
     """IMPRESS (`impress`): ``iterations`` (100), ``lr`` (0.004), L-inf ``eps`` (8, 0-255 units) or, with an
-    LPIPS model, ``lpips_eps`` (0.1) and hinge weight ``alpha`` (10).
+    LPIPS model, ``lpips_eps`` (0.1) and hinge weight ``alpha`` (0.025); a start ``noise`` std (0) and a step-size
+    ``schedule`` (``constant``; or ``cosine``).
+
+    The release (AAAAAAsuka/Impress, impress.py with scripts/new/test_all.sh's settings) works in [-1, 1]: 3000
+    steps at lr 0.01, Gaussian start noise 0.1, cosine annealing, hinge weight 0.1 on LPIPS above 0.1 added to the
+    MSE. In this function's [0, 1] units that is ``impress:lpips_net=vgg,iterations=3000,lr=0.005,noise=0.05,
+    schedule=cosine`` with the default ``alpha`` (the release's 0.1 against an MSE four times this one's).
 
     The LPIPS model is injected (``parse_spec(..., lpips=...)``) or named by ``lpips_net``: ``"vgg"`` (the IMPRESS
     release's backbone) or ``"alex"`` loads it with ``cloak.models.load_lpips`` (its backbone weights come from
@@ -494,8 +527,10 @@ class Impress(Purifier):
         Param("lr", float, 0.004, low=0, low_open=True, unit="[0, 1] units"),
         Param("eps", float, 8.0, low=1, high=255, unit="0-255 units"),
         Param("lpips_eps", float, 0.1, low=0, low_open=True),
-        Param("alpha", float, 10.0, low=0, low_open=True),
+        Param("alpha", float, 0.025, low=0, low_open=True),
         Param("lpips_net", str, "none", choices=("none", "vgg", "alex")),
+        Param("noise", float, 0.0, low=0, high=1, unit="[0, 1] units"),
+        Param("schedule", str, "constant", choices=("constant", "cosine")),
     )
 
     def __init__(self, components: Components | None, *, lpips: Any = None, **options: Any) -> None:
@@ -507,7 +542,28 @@ class Impress(Purifier):
             lpips = load_lpips(self.components.device, net=self.values["lpips_net"])
         self.lpips = lpips
 
+    def sample(self, generator: torch.Generator) -> dict[str, Any]:
+        """As `Purifier.sample`, plus a seed for the starting noise when there is any (a noiseless IMPRESS is
+        deterministic and draws nothing more, as before the option existed)."""
+        drawn = super().sample(generator)
+        if drawn["noise"] > 0:
+            drawn["seed"] = int(torch.randint(SEED_RANGE, (1,), generator=generator, device=generator.device).item())
+        return drawn
+
     def purify(
-        self, x: Tensor, iterations: int, lr: float, eps: float, lpips_eps: float, alpha: float, lpips_net: str
+        self,
+        x: Tensor,
+        iterations: int,
+        lr: float,
+        eps: float,
+        lpips_eps: float,
+        alpha: float,
+        lpips_net: str,
+        noise: float,
+        schedule: str,
+        seed: int | None = None,
     ) -> Tensor:
-        return impress(x, self.components, iterations, lr, eps, lpips_eps, alpha, self.lpips)
+        generator = seeded(seed, self.components.device) if seed is not None else None
+        return impress(
+            x, self.components, iterations, lr, eps, lpips_eps, alpha, self.lpips, noise, schedule, generator
+        )

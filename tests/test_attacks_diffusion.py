@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from attacks import parse_spec
-from attacks.diffusion import TILE_BATCH, grid_geometry, gridpure, impress
+from attacks.diffusion import TILE_BATCH, cosine_annealed, grid_geometry, gridpure, impress
 from cloak.errors import ConfigError
 from cloak.units import from_vae, vae_latents
 from cloak.views import plan_views, render_view
@@ -173,3 +173,38 @@ def test_impress_lpips_net_without_its_weights_fails_with_the_loaders_line(tiny_
         parse_spec("impress:lpips_net=vgg", tiny_components)
     with pytest.raises(ConfigError, match="`lpips_net` must be one of 'none', 'vgg', 'alex'"):
         parse_spec("impress:lpips_net=squeeze", tiny_components)
+
+
+def test_cosine_annealed_runs_from_lr_down_to_a_thousandth():
+    steps = [cosine_annealed(0.01, i, 100) for i in range(100)]
+    assert steps[0] == pytest.approx(0.01)
+    assert all(a > b for a, b in zip(steps, steps[1:], strict=False))
+    assert steps[50] == pytest.approx((0.01 + 1e-5) / 2)
+    assert 1e-5 < steps[-1] < 2e-5
+
+
+def test_impress_noisy_start_is_seeded_bounded_and_only_drawn_when_asked(tiny_components):
+    x = smooth_image(32, 32)
+    quiet, noisy = parse_spec("impress:iterations=2", tiny_components), parse_spec(
+        "impress:iterations=2,noise=0.05,eps=16", tiny_components
+    )
+    assert "seed" not in quiet.sample(torch.Generator().manual_seed(0))  # as before the option: nothing drawn
+    params = noisy.sample(torch.Generator().manual_seed(0))
+    assert params["noise"] == 0.05 and "seed" in params
+    a, again = noisy.apply(x, params), noisy.apply(x, dict(params))
+    other = noisy.apply(x, noisy.sample(torch.Generator().manual_seed(1)))
+    assert torch.equal(a, again) and not torch.equal(a, other)
+    assert (a - x).abs().max() <= 16 / 255 + 1e-6
+    # Two Adam steps of 0.004 cannot move a pixel 8/255 from x; the noisy start does.
+    assert (a - x).abs().max() > 12 / 255
+    assert (quiet.apply(x, quiet.sample(torch.Generator())) - x).abs().max() < 9 / 255
+
+
+def test_impress_cosine_schedule_changes_the_steps(tiny_components):
+    x = smooth_image(32, 32)
+    constant = parse_spec("impress:iterations=6,lr=0.01", tiny_components)(x, torch.Generator())
+    cosine = parse_spec("impress:iterations=6,lr=0.01,schedule=cosine", tiny_components)
+    assert cosine.spec == "impress:iterations=6,lr=0.01,schedule=cosine"
+    assert not torch.equal(cosine(x, torch.Generator()), constant)
+    with pytest.raises(ValueError, match="noisy start"):
+        impress(x, tiny_components, 1, 0.004, 8, 0.1, 0.025, noise=0.1)
