@@ -105,7 +105,7 @@ def parse_spec(
         if cls is Impress:
             members.append(cls(components, lpips=lpips, **item.options))
         elif cls is NoisyUpscale:
-            members.append(cls(components, upscaler=upscaler, prompt=prompt, **item.options))
+            members.append(cls(components, pipeline=upscaler, prompt=prompt, **item.options))
         elif cls.needs:
             members.append(cls(components, prompt=prompt, **item.options))
         else:

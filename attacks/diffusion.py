@@ -470,9 +470,15 @@ class GridPure(Purifier):
 
 
 class NoisyUpscale(Purifier):
-    """Noisy upscaling (`noisy_upscale`): ``sigma`` 0.1, then the injected SD x4 upscaler (``noise_level``
-    320, FIELD_NOTES) or, without one, 2x down-up and an SDEdit pass at depth ``t`` (0.2); ``steps`` (5) is
-    the denoising step count of either (diffusers runs the upscaler with 75 by default: give more with one)."""
+    """Noisy upscaling (`noisy_upscale`): ``sigma`` 0.1, then a diffusion upscaler at ``noise_level`` 320
+    (FIELD_NOTES) or, without one, 2x down-up and an SDEdit pass at depth ``t`` (0.2); ``steps`` (5) is the
+    denoising step count of either (diffusers runs the upscaler with 75 by default: give more with one).
+
+    The upscaler is injected (``parse_spec(..., upscaler=...)``, which wins) or named by ``upscaler``: a hub id
+    (Hoenig et al. use ``stabilityai/stable-diffusion-x4-upscaler``) or a local folder, loaded by
+    ``cloak.models.load_upscaler`` (offline and not cached, this fails with one line). ``"none"`` (the default) is
+    the SDEdit stand-in, which is what runs offline (docs/RESULTS.md, "How faithful the baselines and purifications
+    are")."""
 
     name = "noisy_upscale"
     summary = "Gaussian noise then a diffusion upscaler or SDEdit (needs a model)"
@@ -484,17 +490,25 @@ class NoisyUpscale(Purifier):
         _T,
         _STEPS,
         Param("noise_level", int, 320, low=0, high=350),
+        Param("upscaler", str, "none", unit="a diffusers upscaler's hub id or folder, or none"),
     )
 
     def __init__(
-        self, components: Components | None, *, upscaler: Any = None, prompt: str = "", **options: Any
+        self, components: Components | None, *, pipeline: Any = None, prompt: str = "", **options: Any
     ) -> None:
         super().__init__(**options)
-        self.components = components if upscaler is not None else check_components(components, self.needs, self.name)
-        self.upscaler = upscaler
+        if pipeline is None and self.values["upscaler"] != "none":
+            from cloak.models import load_upscaler
+
+            device, dtype = (components.device, components.dtype) if components is not None else ("auto", None)
+            pipeline = load_upscaler(self.values["upscaler"], device=device, dtype=dtype)
+        self.components = components if pipeline is not None else check_components(components, self.needs, self.name)
+        self.upscaler = pipeline
         self.prompt = prompt
 
-    def purify(self, x: Tensor, sigma: float, t: float, steps: int, noise_level: int, seed: int) -> Tensor:
+    def purify(
+        self, x: Tensor, sigma: float, t: float, steps: int, noise_level: int, upscaler: str, seed: int
+    ) -> Tensor:
         device = self.upscaler.device if self.upscaler is not None else self.components.device
         return noisy_upscale(
             x, self.components, sigma, t, steps, noise_level, seeded(seed, device), self.upscaler, self.prompt

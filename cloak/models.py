@@ -7,10 +7,10 @@ one `ModelNotFoundError` line that names the model, the cache folder and how to 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from transformers import CLIPTextModel, CLIPTokenizer
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+T = TypeVar("T")
 
 
 @dataclass
@@ -129,11 +130,28 @@ def hub_unreachable_reason() -> str | None:
     return failure[0] if failure else None
 
 
-def _not_found(model: str, reason: str) -> ModelNotFoundError:
+def _not_found(model: str, reason: str, hint: str = LOCAL_PATH_HINT) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"model {model!r} is neither a folder here nor in the Hugging Face cache ({hub_cache_dir()}), and the hub "
-        f"cannot be reached ({reason}); download it once on a connected machine, or {LOCAL_PATH_HINT}."
+        f"cannot be reached ({reason}); download it once on a connected machine, or {hint}."
     )
+
+
+def _from_cache_or_hub(model: str, what: str, load: Callable[[bool], T], hint: str = LOCAL_PATH_HINT) -> T:
+    """``load(local_files_only)`` for a hub id: from the cache first; only when that fails, and the hub answers the
+    probe, from the hub. OSErrors become one `ModelNotFoundError` line naming ``what`` of ``model``."""
+    try:
+        return load(True)
+    except OSError:
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            raise _not_found(model, reason, hint) from None
+        try:
+            return load(False)
+        except OSError as err:
+            raise ModelNotFoundError(
+                f"cannot download {what} of {model!r} from the hub: {str(err).strip().splitlines()[0]}; {hint}."
+            ) from None
 
 
 def check_model_available(model: str) -> None:
@@ -334,19 +352,9 @@ def load_components(
                 f"folder as written by save_pretrained): {str(err).strip().splitlines()[0]}"
             ) from None
     else:
-        try:
-            loaded, vae_config = _load_from_diffusers(source, wanted, True, torch_dtype)
-        except OSError:
-            reason = hub_unreachable_reason()
-            if reason is not None:
-                raise _not_found(model, reason) from None
-            try:
-                loaded, vae_config = _load_from_diffusers(source, wanted, False, torch_dtype)
-            except OSError as err:
-                raise ModelNotFoundError(
-                    f"cannot download {', '.join(wanted)} of {model!r} from the hub: "
-                    f"{str(err).strip().splitlines()[0]}; {LOCAL_PATH_HINT}."
-                ) from None
+        loaded, vae_config = _from_cache_or_hub(
+            model, ", ".join(wanted), lambda local: _load_from_diffusers(source, wanted, local, torch_dtype)
+        )
     for part in ("vae", "unet", "text_encoder"):
         if part in loaded:
             loaded[part] = loaded[part].to(torch_device).eval().requires_grad_(False)
@@ -365,6 +373,62 @@ def load_components(
         device=torch_device,
         dtype=torch_dtype,
     )
+
+
+UPSCALER_MODEL = "stabilityai/stable-diffusion-x4-upscaler"  # the upscaler of Hoenig et al.'s noisy upscaling
+
+
+def load_upscaler(
+    model: str = UPSCALER_MODEL, device: torch.device | str = "auto", dtype: torch.dtype | None = None
+):
+    """A diffusers ``StableDiffusionUpscalePipeline`` (SD x4 by default), for the ``noisy_upscale`` purifier.
+
+    The cache is tried first, as `load_components` does; a hub id that is not cached goes online after the probe.
+
+    Args:
+        model: a hub id (default `UPSCALER_MODEL`) or a local folder in the pipeline's ``save_pretrained`` layout.
+        device: "auto", "cpu", "cuda", "cuda:N" or "mps".
+        dtype: floating dtype of the networks' weights; None means torch.float32.
+
+    Returns:
+        The pipeline on ``device``, its progress bar off.
+
+    Raises:
+        ConfigError: unknown device or dtype, or a ``model`` that is neither a folder nor a hub id.
+        ModelNotFoundError: weights neither cached nor reachable, or a folder that is not such a pipeline; one line.
+    """
+    from diffusers import StableDiffusionUpscalePipeline
+
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    torch_dtype = _check_dtype(dtype)
+    hint = "pass a local folder of the upscaler pipeline instead (noisy_upscale:upscaler=/path/to/folder)"
+    if model == TESTBED:
+        raise ConfigError("the testbed has no upscaler; name a diffusers upscaler (noisy_upscale:upscaler=HUB_ID).")
+    kind, source = _classify(model)
+    if kind == "file":
+        raise ConfigError(f"upscaler {model!r}: a single-file checkpoint cannot be loaded as an upscaler; {hint}.")
+
+    def load(local: bool):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
+            # diffusers passes `torch_dtype` on to transformers 5, which renamed it; a warning for their authors.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated", category=FutureWarning)
+            return StableDiffusionUpscalePipeline.from_pretrained(
+                source, local_files_only=local, torch_dtype=torch_dtype
+            )
+
+    if kind == "folder":
+        try:
+            pipe = load(True)
+        except (OSError, ValueError) as err:
+            raise ModelNotFoundError(
+                f"cannot load an upscaler pipeline from the folder {source}: {str(err).strip().splitlines()[0]}"
+            ) from None
+    else:
+        pipe = _from_cache_or_hub(model, "the upscaler", load, hint)
+    pipe = pipe.to(torch_device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 LPIPS_NETS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}

@@ -61,7 +61,7 @@ class Param:
         high: largest accepted value (numbers only), ``None`` for no bound.
         low_open: ``low`` itself is excluded.
         high_open: ``high`` itself is excluded.
-        choices: the accepted strings (``str`` only).
+        choices: the accepted strings (``str`` only); empty accepts any non-empty text (a model id or a path).
         odd: integers must be odd (kernel sizes).
         unit: what the number measures, for messages (e.g. ``"px"``, ``"0-255 units"``).
     """
@@ -80,6 +80,8 @@ class Param:
     def describe(self) -> str:
         """What this parameter accepts, in words: ``an int in [1, 100]``, ``one of 'bilinear', 'bicubic'``."""
         if self.kind is str:
+            if not self.choices:
+                return "a non-empty text" + (f" ({self.unit})" if self.unit else "")
             return "one of " + ", ".join(repr(c) for c in self.choices)
         article = "an odd int" if self.odd else ("an int" if self.kind is int else "a float")
         lo = "-inf" if self.low is None else _fmt(self.low)
@@ -115,7 +117,9 @@ class Param:
     def _scalar(self, value: object, where: str) -> float | int | str:
         expected = f"`{where}`: parameter `{self.name}` must be {self.describe()}, got {value!r}."
         if self.kind is str:
-            if not isinstance(value, str) or value.strip() not in self.choices:
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(expected)
+            if self.choices and value.strip() not in self.choices:
                 raise ConfigError(expected)
             return value.strip()
         if isinstance(value, bool):

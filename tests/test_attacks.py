@@ -565,6 +565,36 @@ def test_noisy_upscale_with_an_upscaler(tiny_upscaler, tiny_components):
     assert not torch.allclose(y, fallback, atol=0.01)  # the upscaler path, not the SDEdit fallback, ran
 
 
+def test_noisy_upscale_loads_the_upscaler_its_spec_names(tiny_upscaler, tiny_components, tmp_path):
+    folder = tmp_path / "x4"
+    tiny_upscaler.save_pretrained(folder)
+    x = smooth_image(20, 24, batch=1)
+    named = parse_spec(f"noisy_upscale:steps=2,upscaler={folder}", None)
+    assert named.spec == f"noisy_upscale:steps=2,upscaler={folder}"
+    injected = parse_spec("noisy_upscale:steps=2", None, upscaler=tiny_upscaler)
+    y = named(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(y, injected(x, torch.Generator().manual_seed(0)), atol=1e-5)
+    fallback = parse_spec("noisy_upscale:steps=2", tiny_components)(x, torch.Generator().manual_seed(0))
+    assert not torch.allclose(y, fallback, atol=0.01)
+
+
+def test_noisy_upscale_upscaler_that_cannot_load_fails_with_one_line(tmp_path, monkeypatch):
+    import cloak.models
+    from cloak.errors import ModelNotFoundError
+
+    monkeypatch.setattr(cloak.models, "hub_unreachable_reason", lambda: "HF_HUB_OFFLINE is set")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelNotFoundError, match=r"'someone/an-upscaler' is neither a folder here nor in") as err:
+        parse_spec("noisy_upscale:upscaler=someone/an-upscaler", None)
+    assert "\n" not in str(err.value) and "noisy_upscale:upscaler=/path/to/folder" in str(err.value)
+    (tmp_path / "not-a-pipeline").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"cannot load an upscaler pipeline from the folder"):
+        parse_spec(f"noisy_upscale:upscaler={tmp_path / 'not-a-pipeline'}", None)
+    with pytest.raises(ConfigError, match="the testbed has no upscaler"):
+        parse_spec("noisy_upscale:upscaler=testbed", None)
+
+
 def test_testbed_table_runs_end_to_end(tiny_components):
     from attacks.bench import testbed_table
 

@@ -165,6 +165,17 @@ def test_split_spec_grammar():
     assert items[1].options == {"sigma": "1", "kernel": "5"}
 
 
+def test_free_text_param_takes_any_non_empty_text_and_keeps_it_in_the_spec():
+    from cloak.specs import Param, format_item, resolve_params
+
+    params = (Param("model", str, "none", unit="a hub id or folder"),)
+    values = resolve_params("thing", {"model": " org/name-v2 "}, params)
+    assert values == {"model": "org/name-v2"} and format_item("thing", values, params) == "thing:model=org/name-v2"
+    assert params[0].describe() == "a non-empty text (a hub id or folder)"
+    with pytest.raises(ConfigError, match=r"`model` must be a non-empty text \(a hub id or folder\), got ' '"):
+        resolve_params("thing", {"model": " "}, params)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
