@@ -10,7 +10,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -95,7 +95,12 @@ class CloakConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> CloakConfig:
-        """A preset's settings, with ``overrides`` (those not ``None``) on top."""
+        """A preset's settings, with ``overrides`` (those not ``None``) on top.
+
+        Another ``method`` than the preset's drops what belongs to the preset's method: its options and its step
+        rule (a baseline's released ``step_size``, ``schedule`` and ``random_start``), which return to this class's
+        defaults unless also overridden; the budget and the step count stay.
+        """
         p = get_preset(name)
         base = cls(
             method=p.method,
@@ -111,7 +116,8 @@ class CloakConfig:
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "method" in overrides and overrides["method"] != p.method:
-            base = replace(base, options={})  # the preset's options belong to its method
+            fresh = {f.name: f.default for f in fields(cls) if f.name in ("step_size", "schedule", "random_start")}
+            base = replace(base, options={}, **fresh)
         if "options" in overrides:
             overrides["options"] = {**base.options, **overrides["options"]}
         return replace(base, **overrides)

@@ -527,8 +527,8 @@ def protected_count(fraction: float | None, n: int) -> int:
 
 def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
     """Fill a defence's unset keys from its ``preset`` by ``CloakConfig.from_preset`` (the table's own keys win;
-    another method drops the preset's options). Named after the preset, or ``<preset>-<eps>`` when method, eps or
-    steps are overridden."""
+    another method drops the preset's options and step rule). Named after the preset, or ``<preset>-<eps>`` when
+    method, eps or steps are overridden."""
     from cloak.protect import CloakConfig
 
     if "precomputed" in values:

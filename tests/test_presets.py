@@ -63,6 +63,17 @@ def test_overrides_win_and_a_new_method_drops_the_presets_options():
     assert c.method == "encoder" and c.options == {}
 
 
+def test_a_new_method_drops_the_baselines_step_rule_but_keeps_budget_and_steps():
+    aspl = CloakConfig.from_preset("aspl")
+    assert (aspl.step_size, aspl.schedule, aspl.random_start) != (None, "cosine", True)
+    c = CloakConfig.from_preset("aspl", method="encoder")
+    assert (c.step_size, c.schedule, c.random_start) == (None, "cosine", True)
+    assert (c.eps, c.steps) == (aspl.eps, aspl.steps)
+    c = CloakConfig.from_preset("aspl", method="encoder", schedule="constant", step_size=1.0)
+    assert (c.step_size, c.schedule, c.random_start) == (1.0, "constant", True)
+    assert CloakConfig.from_preset("aspl", method="aspl") == aspl  # the same method keeps everything
+
+
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ConfigError, match=r"unknown preset 'glaze'.*fast, default, strong.*glaze-like"):
         get_preset("glaze")
