@@ -307,7 +307,21 @@ def markdown_scores(summary: dict[str, list[dict[str, Any]]]) -> str:
         out.append(f"\n{artist}, {mimic}: mimicry success (mean over seeds)\n")
         out += ["| defence | " + " | ".join(attacks) + " |", "|" + "---|" * (len(attacks) + 1)]
         out += [f"| {d} | " + " | ".join(_fmt(score.get((d, a)), 2) for a in attacks) + " |" for d in defences]
+        cost = _attack_cost(conds)
+        if cost:
+            cells = [_fmt(cost.get(a), 3) for a in attacks]
+            out.append("| *purified images' PSNR to their input, dB* | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n" if out else ""
+
+
+def _attack_cost(conds: list[dict[str, Any]]) -> dict[str, float]:
+    """Per attack, the mean over defences of what it costs the images it purifies (``attack_psnr``); cells run
+    before the runner recorded it have none."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for c in conds:
+        if c.get("attack_psnr") is not None:
+            by[c["attack"]].append(c["attack_psnr"])
+    return {a: sum(v) / len(v) for a, v in by.items()}
 
 
 def _training_grid(out_dir: Path, config: EvalConfig) -> str:
@@ -470,7 +484,7 @@ def write_report(
         "<h2>Conditions</h2>",
         _table(
             summary["conditions"],
-            ("artist", "defence", "attack", "mimic", "n_seeds", "score", "effect", "retained"),
+            ("artist", "defence", "attack", "mimic", "n_seeds", "score", "effect", "retained", "attack_psnr"),
             left=4,
         ),
         "<h2>All cells</h2>",

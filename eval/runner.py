@@ -76,6 +76,7 @@ CSV_COLUMNS = (
     "vis_psnr",
     "vis_ssim",
     "vis_lpips",
+    "attack_psnr",
     "n_generated",
     "seconds",
     "error",
@@ -451,6 +452,11 @@ class _Grid:
         vis = self._visibility.get((cell.artist, cell.defence, cell.seed))
         if vis is not None:
             row.update({f"vis_{k}": v for k, v in vis.items()})
+        if cell.attack != NO_ATTACK:
+            # What the purification costs the images it is given: a purification that stops the cloak by wrecking
+            # the paintings is no attack an artist need fear, and the summary shows this beside its scores.
+            given = self.protected(cell.artist, cell.defence, cell.seed)
+            row["attack_psnr"] = M.visibility(given, train)["psnr"]
         images, prompts = self.mimic(cell, train)
         row.update(self.measure(self.artists[cell.artist], images, prompts))
         grid = data.from_batch(images[:GRID_IMAGES])

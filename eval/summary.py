@@ -34,7 +34,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     Returns:
         ``{"conditions": [...], "defences": [...]}``. A condition is one (artist, defence, attack, mimic) with
         ``score`` (mean over seeds), ``n_seeds``, ``effect`` (``protection_effect`` vs the clean unattacked
-        baseline; None without one) and ``retained`` (``retained_fraction`` vs the same defence unattacked). A
+        baseline; None without one), ``retained`` (``retained_fraction`` vs the same defence unattacked) and
+        ``attack_psnr`` (the purified training images' PSNR to the images purified, dB, mean over the seeds that
+        recorded it; None unattacked or unrecorded). A
         defence entry is one (artist, defence, mimic) with ``effect`` (unattacked), ``worst_attack`` and
         ``worst_effect`` (``worst_case`` over its attacks, "none" included), ``kept`` (``retained_fraction`` of
         the worst case: the share of the unattacked effect the attacker's best purification leaves; None without an
@@ -44,6 +46,10 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         figures.
     """
     by_seed = _scores_by_seed(rows)
+    costs: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get("status") == "ok" and r.get("attack_psnr") is not None:
+            costs[(r["artist"], r["defence"], r["attack"], r["mimic"])].append(r["attack_psnr"])
     scores = {k: list(v.values()) for k, v in by_seed.items()}
     means = {k: fmean(v) for k, v in scores.items()}
     conditions = []
@@ -64,6 +70,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
                 "n_seeds": len(scores[(artist, defence, attack, mimic)]),
                 "effect": effect,
                 "retained": retained,
+                "attack_psnr": fmean(costs[key]) if (key := (artist, defence, attack, mimic)) in costs else None,
             }
         )
     vis: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

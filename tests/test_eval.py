@@ -526,6 +526,13 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     assert training.count("<tr><td") == 1 + 2 + 2  # clean, each defence, each defence after jpeg
     assert "<img" in training
     assert {d["defence"] for d in results["summary"]["defences"]} == {"glaze", "encoder-8"}
+    # what the purification cost the images it was given, beside its scores; unattacked cells have none
+    jpeg_cells = [c for c in cells if c["attack"] != "none"]
+    assert all(8 < c["attack_psnr"] < 20 for c in jpeg_cells)  # JPEG q50 of random-noise paintings: about 12 dB
+    assert all(c.get("attack_psnr") is None for c in cells if c["attack"] == "none")
+    jpeg_conditions = [c for c in results["summary"]["conditions"] if c["attack"] != "none"]
+    assert all(c["attack_psnr"] is not None for c in jpeg_conditions)
+    assert "purified images' PSNR to their input, dB" in (out / "summary.md").read_text()
 
     lines = []
     assert run(micro_grid, out, progress=False, log=lines.append) == 0
