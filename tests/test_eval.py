@@ -541,6 +541,16 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     again = json.loads((out / "results.json").read_text())["cells"]
     assert [c["score"] for c in again] == [c["score"] for c in cells]
 
+    # cells finished before the runner recorded attack_psnr get it from their cached image sets on a rerun
+    for name in ("results.json", "cells-archive.json"):
+        saved = json.loads((out / name).read_text())
+        for c in saved["cells"]:
+            c.pop("attack_psnr", None)
+        (out / name).write_text(json.dumps(saved))
+    assert run(micro_grid, out, progress=False, log=lines.append) == 0 and lines == []
+    again = json.loads((out / "results.json").read_text())["cells"]
+    assert [c.get("attack_psnr") for c in again] == pytest.approx([c.get("attack_psnr") for c in cells])
+
     # a changed hyper-parameter re-runs exactly the cells it decides
     micro_grid.write_text(micro_grid.read_text().replace('kind = "lora"\nsteps = 2', 'kind = "lora"\nsteps = 3'))
     assert run(micro_grid, out, progress=False, log=lines.append) == 0
