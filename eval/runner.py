@@ -452,11 +452,6 @@ class _Grid:
         vis = self._visibility.get((cell.artist, cell.defence, cell.seed))
         if vis is not None:
             row.update({f"vis_{k}": v for k, v in vis.items()})
-        if cell.attack != NO_ATTACK:
-            # What the purification costs the images it is given: a purification that stops the cloak by wrecking
-            # the paintings is no attack an artist need fear, and the summary shows this beside its scores.
-            given = self.protected(cell.artist, cell.defence, cell.seed)
-            row["attack_psnr"] = M.visibility(given, train)["psnr"]
         images, prompts = self.mimic(cell, train)
         row.update(self.measure(self.artists[cell.artist], images, prompts))
         grid = data.from_batch(images[:GRID_IMAGES])
@@ -700,7 +695,7 @@ def _write_outputs(
     """results.json (and its archive), results.csv, run.json with ``stamp`` added, and the report, for ``rows``."""
     from eval.report import write_report
 
-    backfill_attack_psnr(out_dir, config, cells, rows)
+    record_attack_psnr(out_dir, config, cells, rows)
     ordered = [rows[c.key] for c in cells if c.key in rows]
     summary = _write_results(out_dir, config, cells, rows)
     write_csv(out_dir / "results.csv", ordered)
@@ -709,11 +704,13 @@ def _write_outputs(
     write_report(out_dir, config, ordered, summary, run_info)
 
 
-def backfill_attack_psnr(
+def record_attack_psnr(
     out_dir: Path, config: EvalConfig, cells: list[Cell], rows: dict[str, dict[str, Any]]
 ) -> None:
-    """Give the purified cells that a runner from before ``attack_psnr`` finished that figure, from the image sets
-    they cached in ``out_dir`` (no model needed); a cell whose sets are gone or stale keeps none."""
+    """Give each purified cell without one its ``attack_psnr``: what the purification cost the images it was given
+    (their PSNR to its input, dB), from the image sets cached in ``out_dir``. A purification that stops a cloak by
+    wrecking the paintings is no attack an artist need fear; the summary shows this beside its scores. Cells that
+    runners from before this figure finished get it too; one whose sets are gone or stale keeps none."""
     for cell in cells:
         row = rows.get(cell.key)
         if row is None or cell.attack == NO_ATTACK or row.get("attack_psnr") is not None:
