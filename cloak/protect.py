@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from cloak.models import Components
 
 
+STEP_RULE = ("step_size", "schedule", "random_start")
+"""The `CloakConfig` fields that make the optimiser's step rule; a published baseline's belong to its method."""
+
+
 @dataclass(frozen=True)
 class CloakConfig:
     """Everything that decides a cloak, besides the model and the seed.
@@ -116,7 +120,7 @@ class CloakConfig:
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "method" in overrides and overrides["method"] != p.method:
-            fresh = {f.name: f.default for f in fields(cls) if f.name in ("step_size", "schedule", "random_start")}
+            fresh = {f.name: f.default for f in fields(cls) if f.name in STEP_RULE}
             base = replace(base, options={}, **fresh)
         if "options" in overrides:
             overrides["options"] = {**base.options, **overrides["options"]}

@@ -103,9 +103,6 @@ class ArtistSpec:
 _LATER_OPTIONS = ("smooth", "fraction", "schedule", "random_start")
 """DefenceSpec fields added after results were first cached; left out of fingerprints while unset."""
 
-_STEP_RULE = ("step_size", "schedule", "random_start")
-"""The optimiser's step rule (``cloak.protect.CloakConfig`` fields); a preset that changes it passes it on."""
-
 
 @dataclass(frozen=True)
 class DefenceSpec:
@@ -529,7 +526,7 @@ def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
     """Fill a defence's unset keys from its ``preset`` by ``CloakConfig.from_preset`` (the table's own keys win;
     another method drops the preset's options and step rule). Named after the preset, or ``<preset>-<eps>`` when
     method, eps or steps are overridden."""
-    from cloak.protect import CloakConfig
+    from cloak.protect import STEP_RULE, CloakConfig
 
     if "precomputed" in values:
         raise ConfigError(f"{where}: give either `preset` or `precomputed`, not both.")
@@ -546,7 +543,7 @@ def _expand_preset(values: dict[str, Any], where: str) -> dict[str, Any]:
     # The step rule only where it is not the optimiser's default: the cells of the presets that keep the default
     # stay keyed as before.
     defaults = {f.name: f.default for f in dataclasses.fields(CloakConfig)}
-    rule = {k: getattr(cfg, k) for k in _STEP_RULE if getattr(cfg, k) != defaults[k]}
+    rule = {k: getattr(cfg, k) for k in STEP_RULE if getattr(cfg, k) != defaults[k]}
     return {**values, **{k: getattr(cfg, k) for k in settings}, **rule}
 
 
