@@ -560,15 +560,6 @@ def run(
         ModelNotFoundError: the model, judge or CLIP weights cannot be loaded.
     """
     from rich.console import Console
-    from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     config = config_path_or_name if isinstance(config_path_or_name, EvalConfig) else load_config(config_path_or_name)
     if artists:
@@ -582,14 +573,7 @@ def run(
         started = _now()
         cells = plan(config)
         prints = {c.key: cell_fingerprint(config, c) for c in cells}
-        done = {}
-        if resume:
-            done = _load_rows(out_dir / "results.json")
-            for part in sorted(out_dir.glob(PART_GLOB)):  # rows a stopped multi-process run checkpointed
-                done.update(_load_rows(part))
-            done.update(_load_archive(out_dir / ARCHIVE, prints))  # cells any earlier config finished here
-            if node.is_main:  # a folder written before the archive existed: keep its results.json's cells too
-                _update_archive(out_dir, done)
+        done = _finished_rows(out_dir, prints, node) if resume else {}
         rows = {k: r for k, r in done.items() if r.get("status") == "ok" and r.get("inputs") == prints.get(k)}
         barrier()  # every rank has read what is done before any rank writes a checkpoint
         run_info = {
@@ -606,74 +590,9 @@ def run(
         }
         if node.is_main:
             atomic_write_json(out_dir / "run.json", run_info)
+        grid_run = _GridRun(config, out_dir, cells, prints, node, run_info, console, log, progress)
         try:
-            todo = [c for c in cells if c.key not in rows]
-            mine = share_cells(todo, node)
-            grid = _Grid(config, out_dir, node.device, shared_writer=node.is_main) if todo else None
-            if grid is not None and node.world_size > 1:
-                if node.is_main:
-                    grid.prepare_shared(todo)
-                barrier()  # the shared caches are written before any other rank reads them
-            run_info["device"] = str(grid.components.device) if grid is not None else done_device(done)
-            # A single process checkpoints into results.json; in a group each rank writes its own part file, merged
-            # by rank 0 at the end (and read back by a resumed run if the group was stopped).
-            part = out_dir / f"results.part{node.rank}.json"
-            new_rows: dict[str, dict[str, Any]] = {}
-            failures: list[str] = []
-            columns = (
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            # One live bar per terminal: rank 0's (its share); the other ranks log their lines only.
-            try:
-                with Progress(*columns, console=console, disable=not progress or not node.is_main) as bar:
-                    resumed = len(cells) - len(todo)
-                    task = bar.add_task(f"{node.label}cells", total=resumed + len(mine), completed=resumed)
-                    for cell in mine:
-                        what = f"{cell.artist} {cell.defence} {cell.attack} {cell.mimic} s{cell.seed}"
-                        bar.update(task, description=escape(what))
-                        try:
-                            row = grid.run_cell(cell)
-                        except CELL_ERRORS as err:
-                            message = f"{type(err).__name__}: {err}"
-                            row = {
-                                "artist": cell.artist,
-                                "defence": cell.defence,
-                                "attack": cell.attack,
-                                "mimic": cell.mimic,
-                                "seed": cell.seed,
-                                "status": "failed",
-                                "error": message,
-                            }
-                            failures.append(f"== {cell.key}\n{traceback.format_exc()}")
-                            log(f"{node.label}[red]failed[/red] {escape(cell.key)}: {escape(message)}")
-                        else:
-                            log(f"{node.label}done {escape(cell.key)}: score {row.get('score')} in {row['seconds']} s")
-                        row["key"], row["inputs"] = cell.key, prints[cell.key]
-                        rows[cell.key] = new_rows[cell.key] = _finite(row)
-                        if node.world_size == 1:
-                            _write_results(out_dir, config, cells, rows)
-                        else:
-                            atomic_write_json(part, {"config": config.name, "cells": list(new_rows.values())})
-                        bar.advance(task)
-            except KeyboardInterrupt:
-                if node.world_size == 1 and rows:  # the finished cells are in results.json: write their tables too
-                    _write_outputs(out_dir, config, cells, rows, run_info, interrupted=_now())
-                raise
-            gathered = gather((new_rows, failures))
-            if node.is_main:
-                for their_rows, their_failures in gathered[1:]:
-                    rows.update(their_rows)
-                    failures += their_failures
-                if failures:
-                    atomic_write_bytes(out_dir / "failures.log", "\n".join(failures).encode("utf-8"))
-                _write_outputs(out_dir, config, cells, rows, run_info, finished=_now(), failed_cells=len(failures))
-                for stale in out_dir.glob(PART_GLOB):  # merged into results.json
-                    stale.unlink()
-            (failed,) = all_sum([len(failures) if node.is_main else 0])  # also holds every rank until rank 0 wrote
+            failed = grid_run.run(rows, done)
         except Exception as err:
             # run.json already names this config: say it failed, so that it is not read as describing the results
             # an earlier run left in the folder
@@ -682,6 +601,138 @@ def run(
                 atomic_write_json(out_dir / "run.json", run_info)
             raise
     return 1 if failed else 0
+
+
+def _finished_rows(out_dir: Path, prints: dict[str, str], node: Node) -> dict[str, dict[str, Any]]:
+    """The rows earlier runs left in ``out_dir``: results.json, the part files of a stopped group, and the archive
+    of the cells any config finished there (those whose inputs match ``prints``)."""
+    done = _load_rows(out_dir / "results.json")
+    for part in sorted(out_dir.glob(PART_GLOB)):  # rows a stopped multi-process run checkpointed
+        done.update(_load_rows(part))
+    done.update(_load_archive(out_dir / ARCHIVE, prints))
+    if node.is_main:  # a folder written before the archive existed: keep its results.json's cells too
+        _update_archive(out_dir, done)
+    return done
+
+
+@dataclass
+class _GridRun:
+    """One call of :func:`run` on one rank, once it knows its cells and what earlier runs finished."""
+
+    config: EvalConfig
+    out_dir: Path
+    cells: list[Cell]
+    prints: dict[str, str]
+    node: Node
+    run_info: dict[str, Any]
+    console: Any  # rich's Console, on stderr
+    log: Callable[[str], None]
+    progress: bool
+
+    def run(self, rows: dict[str, dict[str, Any]], done: dict[str, dict[str, Any]]) -> int:
+        """Run this rank's share of the cells not in ``rows`` (which gains them); rank 0 merges every rank's rows
+        and writes the outputs. Returns the number of failed cells (the same on every rank)."""
+        node = self.node
+        todo = [c for c in self.cells if c.key not in rows]
+        grid = _Grid(self.config, self.out_dir, node.device, shared_writer=node.is_main) if todo else None
+        if grid is not None and node.world_size > 1:
+            if node.is_main:
+                grid.prepare_shared(todo)
+            barrier()  # the shared caches are written before any other rank reads them
+        self.run_info["device"] = str(grid.components.device) if grid is not None else done_device(done)
+        try:
+            new_rows, failures = self._run_share(grid, todo, rows)
+        except KeyboardInterrupt:
+            if node.world_size == 1 and rows:  # the finished cells are in results.json: write their tables too
+                _write_outputs(self.out_dir, self.config, self.cells, rows, self.run_info, interrupted=_now())
+            raise
+        gathered = gather((new_rows, failures))
+        if node.is_main:
+            for their_rows, their_failures in gathered[1:]:
+                rows.update(their_rows)
+                failures += their_failures
+            if failures:
+                atomic_write_bytes(self.out_dir / "failures.log", "\n".join(failures).encode("utf-8"))
+            _write_outputs(
+                self.out_dir, self.config, self.cells, rows, self.run_info, finished=_now(), failed_cells=len(failures)
+            )
+            for stale in self.out_dir.glob(PART_GLOB):  # merged into results.json
+                stale.unlink()
+        (failed,) = all_sum([len(failures) if node.is_main else 0])  # also holds every rank until rank 0 wrote
+        return failed
+
+    def _run_share(
+        self, grid: _Grid | None, todo: list[Cell], rows: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Run this rank's share of ``todo`` under one progress bar (rank 0's: the other ranks log their lines
+        only), checkpointing after each cell. Returns the new rows and a traceback per failed cell."""
+        from rich.markup import escape
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        node = self.node
+        mine = share_cells(todo, node)
+        new_rows: dict[str, dict[str, Any]] = {}
+        failures: list[str] = []
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=self.console, disable=not self.progress or not node.is_main) as bar:
+            resumed = len(self.cells) - len(todo)
+            task = bar.add_task(f"{node.label}cells", total=resumed + len(mine), completed=resumed)
+            for cell in mine:
+                what = f"{cell.artist} {cell.defence} {cell.attack} {cell.mimic} s{cell.seed}"
+                bar.update(task, description=escape(what))
+                row, failure = self._run_cell(grid, cell)
+                if failure:
+                    failures.append(failure)
+                rows[cell.key] = new_rows[cell.key] = row
+                self._checkpoint(rows, new_rows)
+                bar.advance(task)
+        return new_rows, failures
+
+    def _run_cell(self, grid: _Grid, cell: Cell) -> tuple[dict[str, Any], str | None]:
+        """One cell's row, and its traceback if it failed (a failed cell is logged and the grid goes on)."""
+        from rich.markup import escape
+
+        failure = None
+        try:
+            row = grid.run_cell(cell)
+        except CELL_ERRORS as err:
+            message = f"{type(err).__name__}: {err}"
+            row = _failed_row(cell, message)
+            failure = f"== {cell.key}\n{traceback.format_exc()}"
+            self.log(f"{self.node.label}[red]failed[/red] {escape(cell.key)}: {escape(message)}")
+        else:
+            self.log(f"{self.node.label}done {escape(cell.key)}: score {row.get('score')} in {row['seconds']} s")
+        row["key"], row["inputs"] = cell.key, self.prints[cell.key]
+        return _finite(row), failure
+
+    def _checkpoint(self, rows: dict[str, dict[str, Any]], new_rows: dict[str, dict[str, Any]]) -> None:
+        """A single process checkpoints into results.json; in a group each rank writes its own part file, merged
+        by rank 0 at the end (and read back by a resumed run if the group was stopped)."""
+        if self.node.world_size == 1:
+            _write_results(self.out_dir, self.config, self.cells, rows)
+        else:
+            part = self.out_dir / f"results.part{self.node.rank}.json"
+            atomic_write_json(part, {"config": self.config.name, "cells": list(new_rows.values())})
+
+
+def _failed_row(cell: Cell, message: str) -> dict[str, Any]:
+    return {
+        "artist": cell.artist,
+        "defence": cell.defence,
+        "attack": cell.attack,
+        "mimic": cell.mimic,
+        "seed": cell.seed,
+        "status": "failed",
+        "error": message,
+    }
 
 
 def _now() -> str:
