@@ -226,6 +226,7 @@ class _Grid:
         self._images: dict[str, data.ArtistImages] = {}
         self._ref_feats: dict[str, torch.Tensor] = {}
         self._cloakers: dict[str, Any] = {}
+        self._purifiers: dict[str, Any] = {}
         self._visibility: dict[tuple[str, str, int], dict[str, float | None]] = {}
 
     def _load_judge(self):
@@ -314,14 +315,21 @@ class _Grid:
         inputs = inputs_of(self.config, artist, defence, attack, seed=seed)
         cached = data.load_set(folder, names, inputs)
         if cached is None:
-            from attacks import parse_spec
-
-            purifier = parse_spec(attack, self.components)
+            purifier = self._purifier(attack)
             with torch.no_grad():
                 x = data.to_batch(protected).to(self.components.device)
                 cached = data.from_batch(purifier(x, _stream(seed, _ATTACK)))
             data.save_set(folder, names, cached, inputs)
         return cached
+
+    def _purifier(self, attack: str) -> Any:
+        """The purifier ``attack`` names, built once a run: the models a spec names (an upscaler, LPIPS) load once,
+        not once for every artist, defence and seed. Purifiers keep no state between calls."""
+        if attack not in self._purifiers:
+            from attacks import parse_spec
+
+            self._purifiers[attack] = parse_spec(attack, self.components)
+        return self._purifiers[attack]
 
     def class_images(self, mimic: MimicSpec, seed: int) -> torch.Tensor | None:
         """Prior-preservation class images from the base model (cached per class prompt, count and seed); None when

@@ -15,6 +15,7 @@ from PIL import Image
 from cloak.errors import ConfigError
 from cloak.optim import PGDConfig
 from cloak.testbed.judge import Judge, JudgeConfig, JudgeNet
+from eval import data
 from eval import metrics as M
 from eval.config import builtin_configs, load_config
 from eval.mimics import FinetuneConfig, finetune, generate, img2img
@@ -707,6 +708,27 @@ def test_surrogate_defence_cloaks_against_the_other_model(micro_grid, tmp_path):
         grid.artist_images("alice").train[0], seed=0
     )
     assert np.array_equal(transfer[0], expected.image)
+
+
+def test_a_purifier_is_built_once_a_run_and_gives_what_a_fresh_one_gives(micro_grid, tmp_path, monkeypatch):
+    # A spec that names an upscaler or LPIPS model loads it when built: once for the grid, not once a cell.
+    import attacks
+    from eval.runner import _ATTACK, _Grid, _stream
+
+    spec = "noise:sigma=0.05"  # random: a purifier that kept state between calls would differ from a fresh one
+    text = micro_grid.read_text().replace("seeds = [0]", "seeds = [0, 1]").replace("jpeg:quality=50", spec)
+    grid = _Grid(load_config(_write(tmp_path, text)), tmp_path / "out", "cpu")
+    built = []
+    real = attacks.parse_spec
+    monkeypatch.setattr(attacks, "parse_spec", lambda spec, *a, **k: built.append(spec) or real(spec, *a, **k))
+    runs = {(d, s): grid.attacked("alice", d, spec, s) for d in ("clean", "encoder-8") for s in (0, 1)}
+    assert built == [spec]
+    fresh = real(spec)
+    x = data.to_batch(grid.protected("alice", "encoder-8", 1))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(runs["encoder-8", 1], data.from_batch(fresh(x, _stream(1, _ATTACK))), strict=True)
+    )
 
 
 def test_fraction_protects_the_first_images_and_leaves_the_rest_original(micro_grid, tmp_path):
