@@ -145,6 +145,7 @@ def _protect_all(inputs, out, config, preset, fmt, model, device, seed, overwrit
     from cloak.errors import ConfigError, ModelNotFoundError
     from cloak.methods import METHODS
     from cloak.models import load_components
+    from cloak.progress import progress_bar
     from cloak.protect import Cloaker, slim_for_cloaking
 
     with session(device) as node:  # under torchrun / accelerate launch: this rank's share; else every file
@@ -186,19 +187,8 @@ def _protect_all(inputs, out, config, preset, fmt, model, device, seed, overwrit
         # The device type, not its index: a file cloaked on cuda:1 by rank 1 gets the sidecar a single process writes.
         describe = {"preset": preset, "model": model, "device": components.device.type}
         counts = {"done": 0, "skipped": 0, "failed": len(reported)}
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn())
         # One live bar per terminal: rank 0's (its share); the other ranks print their lines only.
-        with Progress(*columns, console=console, transient=False, disable=not node.is_main) as progress:
+        with progress_bar(console, disable=not node.is_main) as progress:
             overall = progress.add_task(f"{node.label}images", total=len(mine))
             for job in mine:
                 current = progress.add_task(f"  {escape(job.source.name)}", total=config.steps)

@@ -36,10 +36,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from cloak.distributed import Node, all_sum, barrier, gather, session
 from cloak.errors import CloakError, ConfigError
 from cloak.imageio import atomic_write_bytes, atomic_write_json
+from cloak.progress import progress_bar
 from eval import data
 from eval import metrics as M
 from eval.config import (
@@ -674,23 +676,11 @@ class _GridRun:
     ) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """Run this rank's share of ``todo`` under one progress bar (rank 0's: the other ranks log their lines
         only), checkpointing after each cell. Returns the new rows and a traceback per failed cell."""
-        from rich.markup import escape
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         node = self.node
         mine = share_cells(todo, node)
         new_rows: dict[str, dict[str, Any]] = {}
         failures: list[str] = []
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn())
-        with Progress(*columns, console=self.console, disable=not self.progress or not node.is_main) as bar:
+        with progress_bar(self.console, disable=not self.progress or not node.is_main) as bar:
             resumed = len(self.cells) - len(todo)
             task = bar.add_task(f"{node.label}cells", total=resumed + len(mine), completed=resumed)
             for cell in mine:
@@ -706,8 +696,6 @@ class _GridRun:
 
     def _run_cell(self, grid: _Grid, cell: Cell) -> tuple[dict[str, Any], str | None]:
         """One cell's row, and its traceback if it failed (a failed cell is logged and the grid goes on)."""
-        from rich.markup import escape
-
         failure = None
         try:
             row = grid.run_cell(cell)
