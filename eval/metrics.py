@@ -245,3 +245,51 @@ def seed_spread(scores: Sequence[float]) -> float:
     if not scores:
         raise ConfigError("`scores` is empty: need one score per seed.")
     return float(max(scores) - min(scores))
+
+
+KEPT_LEVEL = 0.9  # the coverage of `kept_interval`
+
+
+def kept_interval(
+    clean: Sequence[float],
+    protected: Mapping[str, Sequence[float]],
+    *,
+    level: float = KEPT_LEVEL,
+    draws: int = 4000,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """A percentile bootstrap interval over seeds for the share of a protection's effect its worst attack leaves.
+
+    The seeds are paired (every condition of a seed draws the same images, fine-tune batches and generations), so
+    each draw resamples seeds, not cells: the same seeds for the clean mimic and for each attack. A draw recomputes
+    the mean scores, the effects, the worst case (the attacker picks again) and its ``retained_fraction``; a draw
+    with no unattacked effect has nothing to keep and counts as keeping 0. With few seeds the interval is rough
+    (and a percentile bootstrap's tends to be too narrow), but it says whether 46 % and 50 % can be told apart.
+
+    Args:
+        clean: the clean, unattacked mimic's score per seed.
+        protected: the protected mimic's score per seed for each attack, ``"none"`` (unattacked) included; entry
+            ``i`` of every sequence comes from the same seed as ``clean[i]``.
+        level: the interval's coverage, in (0, 1).
+        draws: bootstrap draws.
+        seed: the draws' seed (the interval is reproducible).
+
+    Returns:
+        ``(low, high)``, or None with fewer than 2 seeds or without an unattacked score.
+    """
+    if "none" not in protected or len(clean) < 2:
+        return None
+    n = len(clean)
+    if any(len(v) != n for v in protected.values()):
+        counts = [len(v) for v in protected.values()]
+        raise ConfigError(f"every condition needs one score per seed ({n}), got {counts}.")
+    if not 0 < level < 1:
+        raise ConfigError(f"`level` must be in (0, 1), got {level}.")
+    picks = np.random.default_rng(seed).integers(0, n, size=(draws, n))
+    base = np.asarray(clean, dtype=float)[picks].mean(axis=1)
+    effects = np.stack([base - np.asarray(v, dtype=float)[picks].mean(axis=1) for v in protected.values()])
+    unattacked = effects[list(protected).index("none")]
+    worst = effects.min(axis=0)
+    kept = np.where(unattacked > 0, worst / np.where(unattacked > 0, unattacked, 1.0), 0.0)
+    low, high = np.quantile(kept, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)

@@ -67,6 +67,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
         return ""
     if isinstance(v, float):
         return f"{v:.{digits}g}" if math.isfinite(v) else str(v)
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, float) for x in v):  # an interval
+        return f"{_fmt(v[0], digits)} to {_fmt(v[1], digits)}"
     return html.escape(str(v))
 
 
@@ -285,6 +287,7 @@ def markdown_summary(summary: dict[str, list[dict[str, Any]]]) -> str:
         "worst_attack",
         "worst_effect",
         "kept",
+        "kept_ci",
         "clean_spread",
         "above_noise",
         "lower_on",
@@ -448,7 +451,8 @@ def write_report(
         f"<p>Mimicry score: {html.escape(', '.join(score_names) or 'none')} (higher = better mimicry). Protection "
         "effect = score of the mimic trained on clean images minus score with the protection (and attack); "
         "compare it with the clean baseline's seed spread. Worst case = the attack (or none) that leaves the "
-        "least effect.</p>",
+        "least effect; kept = the share of the unattacked effect it leaves, kept_ci its 90 % bootstrap interval "
+        "over seeds (rough with few seeds).</p>",
         "<h2>Summary</h2>",
         _table(
             summary["defences"],
@@ -466,6 +470,7 @@ def write_report(
                 "worst_attack",
                 "worst_effect",
                 "kept",
+                "kept_ci",
                 "clean_spread",
                 "above_noise",
                 "lower_on",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
-from eval.metrics import protection_effect, retained_fraction, seed_spread, worst_case
+from eval.metrics import kept_interval, protection_effect, retained_fraction, seed_spread, worst_case
 
 CLEAN = "clean"
 NO_ATTACK = "none"
@@ -35,15 +35,16 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         ``{"conditions": [...], "defences": [...]}``. A condition is one (artist, defence, attack, mimic) with
         ``score`` (mean over seeds), ``n_seeds``, ``effect`` (``protection_effect`` vs the clean unattacked
         baseline; None without one), ``retained`` (``retained_fraction`` vs the same defence unattacked) and
-        ``attack_psnr`` (the purified training images' PSNR to the images purified, dB, mean over the seeds that
-        recorded it; None unattacked or unrecorded). A
-        defence entry is one (artist, defence, mimic) with ``effect`` (unattacked), ``worst_attack`` and
-        ``worst_effect`` (``worst_case`` over its attacks, "none" included), ``kept`` (``retained_fraction`` of
-        the worst case: the share of the unattacked effect the attacker's best purification leaves; None without an
-        effect or without a purification), ``clean_spread`` (``seed_spread`` of the clean baseline),
-        ``above_noise`` (the unattacked effect exceeds that spread), ``lower_on`` (``"k/n"``: on k of the n seeds
-        both ran, the protected mimic scored below the clean one, seed for seed) and the defence's mean visibility
-        figures.
+        ``attack_psnr`` (the purified training images' PSNR to the images purified, dB, mean over the seeds
+        that recorded it; None unattacked or unrecorded). A defence entry is one (artist, defence, mimic) with
+        ``effect`` (unattacked), ``worst_attack`` and ``worst_effect`` (``worst_case`` over its attacks,
+        "none" included), ``kept`` (``retained_fraction`` of the worst case: the share of the unattacked
+        effect the attacker's best purification leaves; None without an effect or without a purification),
+        ``kept_ci`` (``[low, high]``: ``kept_interval``, the 90 % bootstrap interval of ``kept`` over the
+        seeds every condition finished; None with fewer than 2), ``clean_spread`` (``seed_spread`` of the
+        clean baseline), ``above_noise`` (the unattacked effect exceeds that spread), ``lower_on`` (``"k/n"``:
+        on k of the n seeds both ran, the protected mimic scored below the clean one, seed for seed) and the
+        defence's mean visibility figures.
     """
     by_seed = _scores_by_seed(rows)
     costs: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
@@ -105,6 +106,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
                 if NO_ATTACK in effects and len(effects) > 1
                 else None
             ),
+            "kept_ci": None,
             "clean_spread": seed_spread(clean_scores) if clean_scores else None,
         }
         # an effect within the clean baseline's seed range cannot be told from noise (nor can its retained fraction)
@@ -120,6 +122,20 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         entry["lower_on"] = (
             f"{sum(protected[s] < clean[s] for s in paired)}/{len(paired)}" if paired else None
         )
+        if entry["kept"] is not None:
+            entry["kept_ci"] = _kept_ci(by_seed, artist, defence, mimic, list(effects))
         entry.update({k: fmean(v) for k, v in vis[(artist, defence)].items()})
         defences.append(entry)
     return {"conditions": conditions, "defences": defences}
+
+
+def _kept_ci(
+    by_seed: dict[tuple[str, str, str, str], dict[Any, float]], artist: str, defence: str, mimic: str,
+    attacks: list[str],
+) -> list[float] | None:
+    """`kept_interval` over the seeds that every condition of this defence, and the clean mimic, finished."""
+    clean = by_seed[(artist, CLEAN, NO_ATTACK, mimic)]
+    runs = {a: by_seed[(artist, defence, a, mimic)] for a in attacks}
+    seeds = sorted(set(clean).intersection(*runs.values()), key=str)
+    interval = kept_interval([clean[s] for s in seeds], {a: [r[s] for s in seeds] for a, r in runs.items()})
+    return None if interval is None else list(interval)

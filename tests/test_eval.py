@@ -228,6 +228,24 @@ def test_protection_figures():
     assert M.seed_spread([0.5, 0.8, 0.6]) == pytest.approx(0.3)
 
 
+def test_kept_interval_resamples_paired_seeds_and_lets_the_attacker_pick_again():
+    # Two seeds, resampled: (0, 0) keeps 0.5 / 1, (1, 1) keeps 0.5 / 0.5, mixed draws 0.5 / 0.75.
+    clean, protected = [1.0, 1.0], {"none": [0.0, 0.5], "jpeg": [0.5, 0.5]}
+    assert M.kept_interval(clean, protected) == pytest.approx((0.5, 1.0))
+    # No seed noise: the interval is the point
+    assert M.kept_interval([0.8] * 4, {"none": [0.4] * 4, "blur": [0.6] * 4}) == pytest.approx((0.5, 0.5))
+    # The attacker picks the worst attack in every draw: adding a weaker attack changes nothing
+    weaker = {**protected, "noise": [0.1, 0.2]}
+    assert M.kept_interval(clean, weaker) == pytest.approx((0.5, 1.0))
+    # A draw with no unattacked effect (both seeds the second: clean 0 <= protected 0.5) keeps nothing
+    low, high = M.kept_interval([1.0, 0.0], {"none": [0.5, 0.5], "jpeg": [0.75, 0.5]})
+    assert low == 0.0 and high == pytest.approx(0.5)
+    assert M.kept_interval([1.0], {"none": [0.5], "jpeg": [0.7]}) is None
+    assert M.kept_interval(clean, {"jpeg": [0.5, 0.5]}) is None  # no unattacked score
+    with pytest.raises(ConfigError, match="one score per seed"):
+        M.kept_interval(clean, {"none": [0.5], "jpeg": [0.5, 0.5]})
+
+
 def test_summary_effect_retained_worst_case_and_spread():
     def row(defence, attack, seed, score):
         return {
@@ -259,16 +277,21 @@ def test_summary_effect_retained_worst_case_and_spread():
     assert d["clean_spread"] == pytest.approx(0.2) and d["above_noise"] is True
     assert d["lower_on"] == "2/2"  # seed for seed, the protected mimic scored lower
     assert d["kept"] == pytest.approx(0.5)  # the worst case (jpeg) leaves 0.3 of the unattacked 0.6
+    # Resampling the two seeds: both seed 0 (clean 0.9) keeps 0.4 of 0.7, both seed 1 keeps 0.2 of 0.5
+    assert d["kept_ci"] == pytest.approx([0.2 / 0.5, 0.4 / 0.7])
     # Paired by seed: a third seed whose clean score is low widens the spread past the effect, yet the protected
     # mimic is still lower on 2 of the 3 seeds, and equal on the third.
     (wide,) = summarise([*rows, row("clean", "none", 2, 0.2), row("enc", "none", 2, 0.2)])["defences"]
     assert wide["above_noise"] is False and wide["lower_on"] == "2/3"
+    assert wide["kept_ci"] == pytest.approx(d["kept_ci"])  # seed 2 has no jpeg cell: the interval uses seeds 0, 1
     (unpurified,) = summarise(rows[:4])["defences"]  # no purification: nothing measured to keep
     assert unpurified["effect"] == pytest.approx(0.6) and unpurified["kept"] is None
+    assert unpurified["kept_ci"] is None
     jpeg = next(c for c in s["conditions"] if c["attack"] == "jpeg")
     assert jpeg["retained"] == pytest.approx(0.5)
-    from eval.report import markdown_scores
+    from eval.report import markdown_scores, markdown_summary
 
+    assert "| 0.5 | 0.4 to 0.571 | 0.2 |" in markdown_summary(s)
     table = markdown_scores(s).splitlines()
     assert "| defence | none | jpeg |" in table
     assert "| clean | 0.8 |  |" in table and "| enc | 0.2 | 0.5 |" in table
