@@ -102,9 +102,18 @@ def svg_plot(
     lines: bool = True,
     width: int = 500,
     height: int = 300,
+    ranges: Sequence[Sequence[tuple[float, float] | None]] | None = None,
 ) -> str:
-    """A line (or scatter) plot as inline SVG: ``series`` is ``(label, xs, ys)``; None values are skipped."""
-    pts = [(x, y) for _, xs, ys in series for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
+    """A line (or scatter) plot as inline SVG: ``series`` is ``(label, xs, ys)``; None values are skipped.
+    ``ranges``, one sequence per series aligned with its ``xs``, draws each point's ``(low, high)`` as a whisker
+    (None: none)."""
+    ranges = ranges or [[None] * len(xs) for _, xs, _ in series]
+    triples = [
+        [(x, y, r) for x, y, r in zip(xs, ys, rs, strict=True) if x is not None and y is not None]
+        for (_, xs, ys), rs in zip(series, ranges, strict=True)
+    ]
+    pts = [(x, y) for t in triples for x, y, _ in t]
+    pts += [(x, v) for t in triples for x, _, r in t if r is not None for v in r]  # whiskers stay inside the axes
     if not pts:
         return "<p>(nothing to plot yet)</p>"
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
@@ -133,10 +142,16 @@ def svg_plot(
     out.append(
         f'<text transform="translate(14 {top + h / 2}) rotate(-90)" text-anchor="middle">{html.escape(ylabel)}</text>'
     )
-    for i, (label, xs, ys) in enumerate(series):
+    for i, ((label, _, _), t) in enumerate(zip(series, triples, strict=True)):
         colour, dash = _style(i)
         fill = "white" if dash else colour  # hollow markers for the second round of colours
-        p = sorted((x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None)
+        p = sorted((x, y) for x, y, _ in t)
+        for x, _, r in t:
+            if r is not None:
+                out.append(
+                    f'<line class="range" x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{sy(r[0]):.1f}" y2="{sy(r[1]):.1f}" '
+                    f'stroke="{colour}" stroke-width="1"/>'
+                )
         if lines and len(p) > 1:
             path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in p)
             out.append(
@@ -210,12 +225,18 @@ def svg_bars(
     return "".join(out)
 
 
-def _averaged(points: list[tuple[Any, Any, float]]) -> dict[Any, list[tuple[Any, float]]]:
-    """``(series, x, y)`` triples -> per series, ``(x, mean y)`` over repeated x (e.g. several artists)."""
-    acc: dict[Any, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+def _averaged(points: list[tuple[Any, Any, Any]]) -> dict[Any, list[tuple[Any, Any]]]:
+    """``(series, x, y)`` triples -> per series, ``(x, mean y)`` over repeated x (e.g. several artists); a tuple
+    ``y`` is averaged entry by entry."""
+    acc: dict[Any, dict[Any, list[Any]]] = defaultdict(lambda: defaultdict(list))
     for key, x, y in points:
         acc[key][x].append(y)
-    return {k: [(x, float(np.mean(ys))) for x, ys in xs.items()] for k, xs in acc.items()}
+
+    def mean(ys: list[Any]) -> Any:
+        m = np.mean(np.asarray(ys, dtype=float), axis=0)
+        return tuple(float(v) for v in m) if m.ndim else float(m)
+
+    return {k: [(x, mean(ys)) for x, ys in xs.items()] for k, xs in acc.items()}
 
 
 def plots(summary: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]]:
@@ -234,7 +255,11 @@ def plots(summary: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]
     def curve(d: dict[str, Any]) -> str:
         return f"{d['defence' if (d['method'], d['mimic']) in crowded else 'method']} {d['mimic']}"
 
-    budget = _averaged([(curve(d), d["eps"], d["effect"]) for d in defences if d.get("eps")])
+    def with_range(d: dict[str, Any]) -> tuple[float, float, float]:
+        low, high = d.get("effect_range") or (d["effect"], d["effect"])
+        return d["effect"], low, high
+
+    budget = _averaged([(curve(d), d["eps"], with_range(d)) for d in defences if d.get("eps")])
     vis = _averaged([(d["mimic"], d["vis_psnr"], d["effect"]) for d in defences if d.get("vis_psnr") is not None])
     clear = {(d["artist"], d["defence"], d["mimic"]) for d in defences if d.get("above_noise")}
     cond = [
@@ -249,12 +274,14 @@ def plots(summary: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]
         (
             "budget",
             svg_plot(
-                [(k, [p[0] for p in v], [p[1] for p in v]) for k, v in budget.items()],
+                [(k, [p[0] for p in v], [p[1][0] for p in v]) for k, v in budget.items()],
                 "L-inf budget (/255)",
                 "protection effect",
+                ranges=[[p[1][1:] if p[1][1] < p[1][2] else None for p in v] for v in budget.values()],
             ),
             "Protection vs budget: clean score minus protected score, no attack, mean over seeds (and over artists "
-            "where there are several); a line joins the budgets of one method.",
+            "where there are several); a line joins the budgets of one method; whiskers span the lowest and highest "
+            "effect of a single seed (clean and protected mimic paired by seed).",
         ),
         (
             "visibility",

@@ -43,8 +43,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         ``kept_ci`` (``[low, high]``: ``kept_interval``, the 90 % bootstrap interval of ``kept`` over the
         seeds every condition finished; None with fewer than 2), ``clean_spread`` (``seed_spread`` of the
         clean baseline), ``above_noise`` (the unattacked effect exceeds that spread), ``lower_on`` (``"k/n"``:
-        on k of the n seeds both ran, the protected mimic scored below the clean one, seed for seed) and the
-        defence's mean visibility figures.
+        on k of the n seeds both ran, the protected mimic scored below the clean one, seed for seed),
+        ``effect_range`` (``[low, high]``: the unattacked effect of a single seed, clean and protected paired by
+        seed; None with fewer than 2) and the defence's mean visibility figures.
     """
     by_seed = _scores_by_seed(rows)
     costs: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
@@ -122,6 +123,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         entry["lower_on"] = (
             f"{sum(protected[s] < clean[s] for s in paired)}/{len(paired)}" if paired else None
         )
+        each = [clean[s] - protected[s] for s in paired]  # the effect seed by seed
+        entry["effect_range"] = [min(each), max(each)] if len(each) > 1 else None
         if entry["kept"] is not None:
             entry["kept_ci"] = _kept_ci(by_seed, artist, defence, mimic, list(effects))
         entry.update({k: fmean(v) for k, v in vis[(artist, defence)].items()})

@@ -276,6 +276,7 @@ def test_summary_effect_retained_worst_case_and_spread():
     )
     assert d["clean_spread"] == pytest.approx(0.2) and d["above_noise"] is True
     assert d["lower_on"] == "2/2"  # seed for seed, the protected mimic scored lower
+    assert d["effect_range"] == pytest.approx([0.5, 0.7])  # seed 1: 0.7 - 0.2, seed 0: 0.9 - 0.2
     assert d["kept"] == pytest.approx(0.5)  # the worst case (jpeg) leaves 0.3 of the unattacked 0.6
     # Resampling the two seeds: both seed 0 (clean 0.9) keeps 0.4 of 0.7, both seed 1 keeps 0.2 of 0.5
     assert d["kept_ci"] == pytest.approx([0.2 / 0.5, 0.4 / 0.7])
@@ -795,7 +796,7 @@ def test_budget_plot_keeps_defences_that_share_a_budget_apart():
 
     summary = {
         "defences": [
-            row("enc-4", "encoder", 4, 0.1), row("enc-8", "encoder", 8, 0.3),  # a sweep: one line
+            row("enc-4", "encoder", 4, 0.1), {**row("enc-8", "encoder", 8, 0.3), "effect_range": [0.05, 0.5]},
             row("hybrid", "mist", 8, 0.406), row("hybrid-half", "mist", 8, 0.219),  # same eps: two series
         ],
         "conditions": [
@@ -807,6 +808,10 @@ def test_budget_plot_keeps_defences_that_share_a_budget_apart():
     assert ">encoder db</text>" in budget and ">hybrid db</text>" in budget and ">hybrid-half db</text>" in budget
     assert budget.count("<circle") == 4  # the two hybrids are not averaged into one point
     assert budget.count("<polyline") == 1  # only the sweep is a line
+    assert budget.count('class="range"') == 1  # the one defence with a seed range gets a whisker
+    whisker = budget.split('class="range"')[1].split("/>")[0]
+    y1, y2 = (float(whisker.split(f'{k}="')[1].split('"')[0]) for k in ("y1", "y2"))
+    assert y1 > y2  # low effect lower on the page (SVG y grows downwards)
     # a long attack name is cut for the axis but kept whole in its hover title
     assert "<title>diffpure:t=0.2,steps=10</title>" in svgs["retained"]
 
