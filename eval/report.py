@@ -479,7 +479,7 @@ def write_report(
         "effect = score of the mimic trained on clean images minus score with the protection (and attack); "
         "compare it with the clean baseline's seed spread. Worst case = the attack (or none) that leaves the "
         "least effect; kept = the share of the unattacked effect it leaves, kept_ci its 90 % bootstrap interval "
-        "over seeds (rough with few seeds).</p>",
+        "over seeds (far too narrow with few seeds).</p>",
         "<h2>Summary</h2>",
         _table(
             summary["defences"],
