@@ -22,7 +22,7 @@ from PIL import Image
 from cloak.imageio import atomic_write_bytes
 from eval import data
 from eval.config import EvalConfig
-from eval.summary import NO_ATTACK
+from eval.summary import CLEAN, NO_ATTACK
 
 THUMB = 96  # px, side of each training-image thumbnail
 COLOURS = (
@@ -356,29 +356,24 @@ def _attack_cost(conds: list[dict[str, Any]]) -> dict[str, float]:
 
 def _training_grid(out_dir: Path, config: EvalConfig) -> str:
     """Rows: clean, each defence, each defence after each attack (first seed, first 4 images)."""
-    from eval.runner import inputs_of  # the runner imports this module when it writes the report
+    from eval.runner import image_set  # the runner imports this module when it writes the report
 
     parts = []
     seed = config.seeds[0]
     for artist in config.artists:
-        base = out_dir / "images" / artist.name
-        clean_dir = base / "clean"
+        clean_dir, _ = image_set(config, out_dir, artist.name)
         names = tuple(sorted(p.stem for p in clean_dir.glob("*.png")))[:4]
         if not names:
             continue
-        rows = [("clean", NO_ATTACK, clean_dir)]
+        rows = [(CLEAN, NO_ATTACK)]
         for d in config.defences:
-            rows.append((d.name, NO_ATTACK, base / d.name / f"seed{seed}"))
-            rows += [(d.name, a, base / d.name / f"seed{seed}" / data.slug(a)) for a in config.attacks]
+            rows += [(d.name, a) for a in (NO_ATTACK, *config.attacks)]
         if config.attack_clean:
-            rows += [("clean", a, clean_dir / f"seed{seed}" / data.slug(a)) for a in config.attacks]
+            rows += [(CLEAN, a) for a in config.attacks]
         body = []
-        for defence, attack, folder in rows:
+        for defence, attack in rows:
             # The sets' own settings, as the runner cached them: a set made with other settings is not shown.
-            if defence == "clean" and attack == NO_ATTACK:
-                inputs = inputs_of(config, artist.name)
-            else:
-                inputs = inputs_of(config, artist.name, defence, attack, seed=seed)
+            folder, inputs = image_set(config, out_dir, artist.name, defence, attack, seed)
             images = data.load_set(folder, names, inputs)
             if images is None:
                 continue

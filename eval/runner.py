@@ -169,6 +169,22 @@ def inputs_of(
     return out
 
 
+def image_set(
+    config: EvalConfig, out_dir: Path, artist: str, defence: str = CLEAN, attack: str = NO_ATTACK, seed: int = 0
+) -> tuple[Path, dict[str, Any]]:
+    """Where a cached image set lives under ``out_dir/images``, and the settings that decide it (``inputs_of``).
+
+    The clean training images are one set for every seed; any other set is per seed (``<defence>/seed<N>``), and a
+    purified one sits in a folder under the set it purified (``.../<slug of the attack>``)."""
+    base = out_dir / "images" / artist
+    if defence == CLEAN and attack == NO_ATTACK:
+        return base / CLEAN, inputs_of(config, artist)
+    folder = base / defence / f"seed{seed}"
+    if attack != NO_ATTACK:
+        folder = folder / data.slug(attack)
+    return folder, inputs_of(config, artist, defence, attack, seed=seed)
+
+
 def cell_fingerprint(config: EvalConfig, cell: Cell) -> str:
     """The fingerprint of everything that decides ``cell``'s result."""
     return data.fingerprint(inputs_of(config, cell.artist, cell.defence, cell.attack, cell.mimic, cell.seed))
@@ -264,12 +280,8 @@ class _Grid:
         if name not in self._images:
             images = data.load_artist(self.artists[name], self.components.resolution)
             if self.shared_writer:
-                data.save_set(
-                    self.out / "images" / name / "clean",
-                    images.names,
-                    list(images.train),
-                    inputs_of(self.config, name),
-                )
+                folder, inputs = image_set(self.config, self.out, name)
+                data.save_set(folder, images.names, list(images.train), inputs)
             self._images[name] = images
         return self._images[name]
 
@@ -278,8 +290,7 @@ class _Grid:
         images = self.artist_images(artist)
         if defence == CLEAN:
             return list(images.train)
-        folder = self.out / "images" / artist / defence / f"seed{seed}"
-        inputs = inputs_of(self.config, artist, defence, seed=seed)
+        folder, inputs = image_set(self.config, self.out, artist, defence, seed=seed)
         cached = data.load_set(folder, images.names, inputs)
         if cached is None:
             spec = self.defences[defence]
@@ -313,8 +324,7 @@ class _Grid:
         if attack == NO_ATTACK:
             return protected
         names = self.artist_images(artist).names
-        folder = self.out / "images" / artist / defence / f"seed{seed}" / data.slug(attack)
-        inputs = inputs_of(self.config, artist, defence, attack, seed=seed)
+        folder, inputs = image_set(self.config, self.out, artist, defence, attack, seed)
         cached = data.load_set(folder, names, inputs)
         if cached is None:
             purifier = self._purifier(attack)
@@ -758,21 +768,19 @@ def record_attack_psnr(
     (their PSNR to its input, dB), from the image sets cached in ``out_dir``. A purification that stops a cloak by
     wrecking the paintings is no attack an artist need fear; the summary shows this beside its scores. Cells that
     runners from before this figure finished get it too; one whose sets are gone or stale keeps none."""
+    names = {}  # per artist: the training images' names, as the clean set holds them
+    for artist in {c.artist for c in cells}:
+        clean, _ = image_set(config, out_dir, artist)
+        names[artist] = tuple(sorted(p.stem for p in clean.glob("*.png")))
     for cell in cells:
         row = rows.get(cell.key)
         if row is None or cell.attack == NO_ATTACK or row.get("attack_psnr") is not None:
             continue
-        base = out_dir / "images" / cell.artist
-        names = tuple(sorted(p.stem for p in (base / CLEAN).glob("*.png")))
-        if cell.defence == CLEAN:
-            given = data.load_set(base / CLEAN, names, inputs_of(config, cell.artist))
-        else:
-            folder = base / cell.defence / f"seed{cell.seed}"
-            given = data.load_set(folder, names, inputs_of(config, cell.artist, cell.defence, seed=cell.seed))
-        folder = base / cell.defence / f"seed{cell.seed}" / data.slug(cell.attack)
-        inputs = inputs_of(config, cell.artist, cell.defence, cell.attack, seed=cell.seed)
-        purified = data.load_set(folder, names, inputs)
-        if names and given is not None and purified is not None:
+        folder, inputs = image_set(config, out_dir, cell.artist, cell.defence, seed=cell.seed)
+        given = data.load_set(folder, names[cell.artist], inputs)
+        folder, inputs = image_set(config, out_dir, cell.artist, cell.defence, cell.attack, cell.seed)
+        purified = data.load_set(folder, names[cell.artist], inputs)
+        if names[cell.artist] and given is not None and purified is not None:
             row["attack_psnr"] = M.visibility(given, purified)["psnr"]
 
 
