@@ -32,9 +32,11 @@ def check_image(x: Tensor, where: str) -> None:
         got = f"shape {tuple(x.shape)} and dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
         raise ConfigError(f"`{where}` expects a float tensor (B, 3, H, W) in [0, 1], got {got}.")
     # Generous bounds: float drift is fine, 0-255 or [-1, 1] images are not (they came back clamped or unchanged).
-    values = x.detach()  # a check, not part of any gradient (EOT feeds differentiable purifiers tensors with grad)
-    if values.numel() and (float(values.amax()) > 1.5 or float(values.amin()) < -0.5):
-        low, high = float(values.amin()), float(values.amax())
+    if not x.numel():
+        return
+    # detached: a check, not part of any gradient (EOT feeds differentiable purifiers tensors with grad)
+    low, high = float(x.detach().amin()), float(x.detach().amax())
+    if high > 1.5 or low < -0.5:
         raise ConfigError(
             f"`{where}` expects values in [0, 1], got {low:g} to {high:g}; divide 0-255 images "
             "by 255 (or map [-1, 1] with (x + 1) / 2)."
