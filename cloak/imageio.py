@@ -13,6 +13,9 @@ What is handled, and how:
   with a note; a transparent colour key (PNG ``tRNS``) becomes an alpha channel, with a note.
 - 16-bit PNG/TIFF (grey, grey+alpha, RGB, RGBA) reduced to 8 bits, with a note.
 - Multi-picture JPEG (MPO, as some phones write): the main picture is used, with a note.
+- Authorship metadata (EXIF, XMP, PNG text, JPEG comment, IPTC, DPI) goes back as the output format allows; the
+  preview thumbnails editors embed in EXIF, XMP and Photoshop data do not, as they are uncloaked copies of the
+  picture (`cloak.metadata`).
 
 Tensor helpers convert between the ``(H, W, 3)`` uint8 arrays used here and the project's public image
 tensors, float ``(1, 3, H, W)`` in ``[0, 1]``.
@@ -31,9 +34,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, PngImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from cloak.errors import ConfigError, ImageError
+from cloak.metadata import (
+    RIGHTS_RESOURCES,
+    exif_has_thumbnail,
+    jpeg_with_resources,
+    resource_block,
+    xmp_without_thumbnails,
+)
 
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -83,8 +93,12 @@ class Artwork:
         dpi: the print resolution ``(x, y)`` in dots per inch, or None; written back.
         text: PNG text chunks (``Copyright``, ``Author``, ``Description``...) as ``(key, value)`` pairs; written
             back into PNG outputs.
-        xmp: the XMP packet (where editors keep rights, creator and licence), or None; written back.
+        xmp: the XMP packet (where editors keep rights, creator and licence), or None; written back, without the
+            preview thumbnails some editors put in it.
         comment: a JPEG comment, or None; written back (as a PNG ``Comment`` text chunk in PNG outputs).
+        photoshop: the rights resources of a JPEG's or TIFF's Photoshop block as ``(id, data)`` pairs: the IPTC
+            record editors show as File Info (creator, copyright notice, caption), the copyright flag and the
+            URL (`cloak.metadata.RIGHTS_RESOURCES`). Written back into JPEG outputs; PNG and WebP cannot hold them.
     """
 
     path: Path
@@ -99,6 +113,7 @@ class Artwork:
     text: tuple[tuple[str, str], ...] = ()
     xmp: bytes | None = None
     comment: bytes | None = None
+    photoshop: tuple[tuple[int, bytes], ...] = ()
 
     @property
     def size(self) -> tuple[int, int]:
@@ -185,7 +200,7 @@ def save_artwork(
 
     Lossy formats change the pixels after the cloak was computed and weaken it; PNG keeps every pixel. The
     authorship and print information read by `load_artwork` goes back as each format allows: DPI (not WebP), XMP,
-    PNG text chunks (PNG only) and the JPEG comment (JPEG, or a PNG ``Comment`` chunk).
+    PNG text chunks (PNG only), the JPEG comment (JPEG, or a PNG ``Comment`` chunk) and the IPTC record (JPEG).
     JPEG is written with 4:4:4 chroma (no subsampling), which keeps more of the cloak than Pillow's 4:2:0
     default. A greyscale artwork saved as WebP (which has no greyscale mode) is written as RGB without a
     greyscale-only ICC profile, which an RGB file cannot carry.
@@ -252,7 +267,10 @@ def save_artwork(
         options.update(quality=quality, exact=True)  # exact: keep colours under transparent pixels
     buffer = io.BytesIO()
     image.save(buffer, format=format.upper(), **options)
-    atomic_write_bytes(path, buffer.getvalue())
+    data = buffer.getvalue()
+    if format == "jpeg":
+        data = jpeg_with_resources(data, dict(artwork.photoshop))
+    atomic_write_bytes(path, data)
 
 
 def check_format(artwork: Artwork, format: str) -> None:
@@ -464,7 +482,7 @@ _TIFF_AUTHORSHIP = (270, 315, 33432)
 
 
 def _kept_info(im: Image.Image, notes: list[str]) -> dict[str, Any]:
-    """DPI, PNG text, XMP and JPEG comment of an opened image, for `Artwork`; notes what cannot be kept."""
+    """DPI, PNG text, XMP, JPEG comment and IPTC record of an opened image, for `Artwork`; notes what is not kept."""
     kept: dict[str, Any] = {}
     dpi = im.info.get("dpi")
     if isinstance(dpi, tuple) and len(dpi) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in dpi):
@@ -476,16 +494,47 @@ def _kept_info(im: Image.Image, notes: list[str]) -> dict[str, Any]:
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
     if isinstance(xmp, bytes) and xmp:
+        xmp, removed = xmp_without_thumbnails(xmp)
         kept["xmp"] = xmp
+        if removed:
+            notes.append(f"the XMP data's preview thumbnail was removed: {_UNCLOAKED_COPY}")
     comment = im.info.get("comment")
     if isinstance(comment, bytes) and comment:
         kept["comment"] = comment
-    if im.info.get("photoshop"):
+    resources = _photoshop_resources(im)
+    rights = {rid: data for rid, data in resources.items() if rid in RIGHTS_RESOURCES}
+    if len(resource_block(rights)) > _MAX_RESOURCES:
+        notes.append("the file's IPTC record (File Info) is too large for one JPEG segment and is not carried over")
+    elif rights:
+        kept["photoshop"] = tuple(sorted(rights.items()))
         notes.append(
-            "the file's Photoshop/IPTC block (File Info) is not carried over; its EXIF and XMP are, and most "
-            "editors keep the copyright in both"
+            "the file's IPTC record (File Info) is written back into JPEG outputs only; PNG and WebP cannot hold "
+            "it (most editors also keep the copyright in the XMP and EXIF data, which are carried over)"
         )
+    if resources.keys() & _PREVIEW_RESOURCES:
+        notes.append(f"the Photoshop data's preview thumbnail is not carried over: {_UNCLOAKED_COPY}")
     return kept
+
+
+# What the cloak would be worth if the cloaked file carried a small copy of the original picture.
+_UNCLOAKED_COPY = "it is an uncloaked copy of the picture"
+
+# Photoshop resources 0x0409 and 0x040C: thumbnails (Photoshop File Formats Specification, Image Resource IDs).
+_PREVIEW_RESOURCES = {0x0409, 0x040C}
+
+# An APP13 segment's payload: 65535 bytes less its length field and the "Photoshop 3.0" signature.
+_MAX_RESOURCES = 0xFFFF - 2 - 14
+
+
+def _photoshop_resources(im: Image.Image) -> dict[int, bytes]:
+    """The Photoshop image resources of a JPEG (APP13) or TIFF (tag 34377), id -> data; empty for others."""
+    if isinstance(im, TiffImagePlugin.TiffImageFile):
+        blocks = im.get_photoshop_blocks()
+        return {rid: block["data"] for rid, block in blocks.items() if isinstance(block.get("data"), bytes)}
+    resources = im.info.get("photoshop")
+    if not isinstance(resources, dict):
+        return {}
+    return {rid: data for rid, data in resources.items() if isinstance(data, bytes)}
 
 
 def _png_text(artwork: Artwork) -> PngImagePlugin.PngInfo:
@@ -522,7 +571,8 @@ def _tiff_authorship(exif: Image.Exif, notes: list[str]) -> bytes | None:
 def _exif_to_keep(
     exif: Image.Exif, raw: bytes | None, source_format: str, strip_gps: bool, notes: list[str]
 ) -> bytes | None:
-    """The EXIF block to write back: orientation reset to 1, GPS removed on request, else the original bytes.
+    """The EXIF block to write back: orientation reset to 1, GPS removed on request, the thumbnail dropped, else the
+    original bytes.
 
     TIFF files keep their tags in the file structure, not in an EXIF block; none is carried over from them.
     """
@@ -536,6 +586,10 @@ def _exif_to_keep(
     if strip_gps and ExifTags.IFD.GPSInfo in exif:
         del exif[ExifTags.IFD.GPSInfo]
         notes.append("GPS location removed from the EXIF data")
+        changed = True
+    # Pillow writes IFD0 and its sub-directories, never IFD1: writing the block again drops the thumbnail.
+    if raw is not None and exif_has_thumbnail(raw):
+        notes.append(f"the EXIF data's preview thumbnail was removed: {_UNCLOAKED_COPY}")
         changed = True
     if raw is not None and not changed:
         return raw

@@ -1,0 +1,200 @@
+"""Metadata: EXIF, XMP and Photoshop thumbnails (uncloaked copies) removed, the IPTC record carried into JPEGs."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, IptcImagePlugin, TiffImagePlugin
+
+from cloak.imageio import load_artwork, save_artwork
+from cloak.metadata import exif_has_thumbnail, jpeg_with_resources, resource_block, xmp_without_thumbnails
+
+THUMB = b"\xff\xd8THUMBNAIL-OF-THE-UNCLOAKED-PICTURE\xff\xd9"
+
+
+def exif_with_thumbnail(endian: str = "<", thumb: bytes | None = THUMB) -> bytes:
+    """An EXIF block (APP1 payload) with IFD0 holding an Artist tag and, when ``thumb`` is given, an IFD1 that
+    points at it, as cameras and Photoshop write them."""
+    artist = b"Ada Painter\x00"
+    ifd0 = 8
+    ifd1 = ifd0 + 2 + 12 + 4
+    artist_at = ifd1 + (2 + 2 * 12 + 4 if thumb is not None else 0)
+    thumb_at = artist_at + len(artist)
+    out = (b"II" if endian == "<" else b"MM") + struct.pack(endian + "HI", 42, ifd0)
+    out += struct.pack(endian + "H", 1) + struct.pack(endian + "HHII", 0x013B, 2, len(artist), artist_at)
+    out += struct.pack(endian + "I", ifd1 if thumb is not None else 0)
+    if thumb is not None:
+        out += struct.pack(endian + "H", 2)
+        out += struct.pack(endian + "HHII", 0x0201, 4, 1, thumb_at)
+        out += struct.pack(endian + "HHII", 0x0202, 4, 1, len(thumb))
+        out += struct.pack(endian + "I", 0)
+    out += artist + (thumb or b"")
+    return b"Exif\x00\x00" + out
+
+
+def iptc_record(**datasets: bytes) -> bytes:
+    """An IPTC-IIM record 2 (application record): ``by_line`` (2:80) and ``copyright`` (2:116) datasets."""
+    numbers = {"by_line": 80, "copyright": 116, "caption": 120}
+    return b"".join(b"\x1c\x02" + bytes([numbers[k]]) + struct.pack(">H", len(v)) + v for k, v in datasets.items())
+
+
+def xmp_packet(body: str, prefix: str = "xmp") -> bytes:
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description rdf:about="" xmlns:{prefix}="http://ns.adobe.com/xap/1.0/" '
+        'xmlns:xmpGImg="http://ns.adobe.com/xap/1.0/g/img/" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+        f"{body}</rdf:Description></rdf:RDF></x:xmpmeta>\n"
+        + " " * 64
+        + '\n<?xpacket end="w"?>'
+    ).encode("utf-8")
+
+
+RIGHTS = '<dc:rights><rdf:Alt><rdf:li xml:lang="x-default">(c) Ada Painter</rdf:li></rdf:Alt></dc:rights>'
+THUMBNAILS = (
+    "<{p}:Thumbnails><rdf:Alt><rdf:li rdf:parseType=\"Resource\"><xmpGImg:width>256</xmpGImg:width>"
+    "<xmpGImg:image>VEhVTUJOQUlMLU9GLVRIRS1VTkNMT0FLRUQtUElDVFVSRQ==</xmpGImg:image></rdf:li></rdf:Alt>"
+    "</{p}:Thumbnails>"
+)
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_exif_thumbnail_is_found_in_either_byte_order(endian: str) -> None:
+    assert exif_has_thumbnail(exif_with_thumbnail(endian))
+    assert not exif_has_thumbnail(exif_with_thumbnail(endian, thumb=None))
+    assert exif_has_thumbnail(exif_with_thumbnail(endian)[6:])  # PNG eXIf chunks carry no "Exif" prefix
+
+
+def test_exif_written_by_pillow_has_no_thumbnail_and_garbage_is_not_one() -> None:
+    exif = Image.Exif()
+    exif[0x013B] = "Ada Painter"
+    assert not exif_has_thumbnail(exif.tobytes())
+    # Pillow writes IFD0 and its sub-directories only: re-serialising drops IFD1, which imageio relies on.
+    reloaded = Image.Exif()
+    reloaded.load(exif_with_thumbnail())
+    rewritten = reloaded.tobytes()
+    assert not exif_has_thumbnail(rewritten) and THUMB not in rewritten and b"Ada Painter" in rewritten
+    for junk in (b"", b"Exif\x00\x00", b"XX\x00\x2a\x00\x00\x00\x08", b"II\x2a\x00\xff\xff\x00\x00"):
+        assert not exif_has_thumbnail(junk)
+
+
+@pytest.mark.parametrize("prefix", ["xmp", "xap"])
+def test_xmp_thumbnails_are_removed_and_the_rest_kept_byte_for_byte(prefix: str) -> None:
+    packet = xmp_packet(RIGHTS + THUMBNAILS.format(p=prefix), prefix)
+    cleaned, removed = xmp_without_thumbnails(packet)
+    assert removed
+    assert cleaned == xmp_packet(RIGHTS, prefix)
+    assert b"VEhVTUJOQUlM" not in cleaned
+
+
+def test_xmp_thumbnails_as_an_attribute_or_empty_element_are_removed() -> None:
+    attribute = xmp_packet(RIGHTS).replace(b'rdf:about=""', b'rdf:about="" xmp:Thumbnails="VEhVTUI="')
+    assert xmp_without_thumbnails(attribute) == (xmp_packet(RIGHTS), True)
+    empty = xmp_packet(RIGHTS + "<xmp:Thumbnails />")
+    assert xmp_without_thumbnails(empty) == (xmp_packet(RIGHTS), True)
+
+
+def test_xmp_without_thumbnails_or_not_well_formed_is_left_alone() -> None:
+    plain = xmp_packet(RIGHTS)
+    assert xmp_without_thumbnails(plain) == (plain, False)
+    broken = xmp_packet(RIGHTS + THUMBNAILS.format(p="xmp")).replace(b"</dc:rights>", b"")
+    assert xmp_without_thumbnails(broken) == (broken, False)
+    # another namespace's "Thumbnails" is not the XMP basic one and stays
+    other = xmp_packet(RIGHTS + '<dc:Thumbnails>x</dc:Thumbnails>')
+    assert xmp_without_thumbnails(other) == (other, False)
+
+
+def _jpeg(**options: object) -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def test_jpeg_with_resources_carries_iptc_and_keeps_everything_else() -> None:
+    record = iptc_record(by_line=b"Ada Painter", copyright=b"(c) 2026 Ada Painter")
+    exif = Image.Exif()
+    exif[0x013B] = "Ada Painter"
+    original = _jpeg(exif=exif.tobytes(), comment=b"hello", icc_profile=b"\x00" * 128)
+    written = jpeg_with_resources(original, {0x0404: record, 0x040A: b"\x01"})
+    with Image.open(io.BytesIO(written)) as im, Image.open(io.BytesIO(original)) as before:
+        info = IptcImagePlugin.getiptcinfo(im)
+        assert info == {(2, 80): b"Ada Painter", (2, 116): b"(c) 2026 Ada Painter"}
+        assert im.info["photoshop"][0x040A] == b"\x01"
+        assert np.array_equal(np.asarray(im), np.asarray(before))
+        assert im.info["exif"] == before.info["exif"] and im.info["comment"] == b"hello"
+        assert im.info["icc_profile"] == before.info["icc_profile"]
+    # The segment goes after the application segments, before the first table
+    assert written.index(b"Photoshop 3.0") < written.index(b"\xff\xdb") and written.index(b"Exif") < written.index(
+        b"Photoshop 3.0"
+    )
+    assert jpeg_with_resources(original, {}) == original
+
+
+def test_resource_block_pads_odd_data_and_jpeg_errors_are_clear() -> None:
+    block = resource_block({0x040B: b"abc"})
+    assert block == b"8BIM\x04\x0b\x00\x00\x00\x00\x00\x03abc\x00"
+    with pytest.raises(ValueError, match="start-of-image"):
+        jpeg_with_resources(b"\x89PNG", {0x0404: b"x"})
+    with pytest.raises(ValueError, match="more than one JPEG segment"):
+        jpeg_with_resources(_jpeg(), {0x0404: b"x" * 70000})
+
+
+# End to end through cloak.imageio: what an artist's exported file carries, and what its cloaked copy does.
+
+PREVIEW = b"PHOTOSHOP-PREVIEW-OF-THE-UNCLOAKED-PICTURE"
+
+
+def _exported_jpeg(path: Path) -> None:
+    """A JPEG as Photoshop exports one: EXIF with a thumbnail, XMP with a thumbnail, and a Photoshop block holding
+    the IPTC record, the copyright flag and a preview."""
+    pixels = np.random.default_rng(1).integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    xmp = xmp_packet(RIGHTS + THUMBNAILS.format(p="xmp"))
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, exif=exif_with_thumbnail(), xmp=xmp)
+    record = iptc_record(by_line=b"Ada Painter", copyright=b"(c) 2026 Ada Painter")
+    path.write_bytes(jpeg_with_resources(buffer.getvalue(), {0x0404: record, 0x040A: b"\x01", 0x040C: PREVIEW}))
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+def test_cloaked_copy_keeps_the_rights_and_carries_no_uncloaked_preview(tmp_path: Path, fmt: str) -> None:
+    _exported_jpeg(tmp_path / "in.jpg")
+    art = load_artwork(tmp_path / "in.jpg")
+    notes = " | ".join(art.notes)
+    for where in ("EXIF", "XMP", "Photoshop"):
+        assert f"the {where} data's preview thumbnail" in notes
+    assert "IPTC record (File Info) is written back into JPEG outputs only" in notes
+    out = tmp_path / f"out.{fmt}"
+    save_artwork(out, art.rgb, art, format=fmt)
+    data = out.read_bytes()
+    for preview in (THUMB, PREVIEW, b"VEhVTUJOQUlM", b"Thumbnails"):
+        assert preview not in data
+    with Image.open(out) as im:
+        assert im.getexif()[0x013B] == "Ada Painter"
+        assert b"(c) Ada Painter" in im.info["xmp"]
+        iptc = IptcImagePlugin.getiptcinfo(im) if fmt == "jpeg" else None
+    if fmt == "jpeg":
+        assert iptc == {(2, 80): b"Ada Painter", (2, 116): b"(c) 2026 Ada Painter"}
+        assert b"Photoshop 3.0" in data and data.count(b"8BIM") == 2  # the IPTC record and the copyright flag
+
+
+def test_iptc_from_a_tiff_reaches_a_jpeg_output_and_plain_files_get_no_notes(tmp_path: Path) -> None:
+    ifd = TiffImagePlugin.ImageFileDirectory_v2()
+    ifd[34377] = resource_block({0x0404: iptc_record(copyright=b"(c) Ada"), 0x0409: PREVIEW})
+    ifd.tagtype[34377] = 1  # BYTE, as Photoshop writes it
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "in.tif", tiffinfo=ifd)
+    art = load_artwork(tmp_path / "in.tif")
+    assert art.photoshop == ((0x0404, iptc_record(copyright=b"(c) Ada")),)
+    assert any("Photoshop data's preview thumbnail" in note for note in art.notes)
+    save_artwork(tmp_path / "out.jpg", art.rgb, art, format="jpeg")
+    with Image.open(tmp_path / "out.jpg") as im:
+        assert IptcImagePlugin.getiptcinfo(im) == {(2, 116): b"(c) Ada"}
+    assert PREVIEW not in (tmp_path / "out.jpg").read_bytes()
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "plain.jpg", exif=exif_with_thumbnail(thumb=None))
+    plain = load_artwork(tmp_path / "plain.jpg")
+    assert plain.notes == () and plain.photoshop == ()
+    assert plain.exif == exif_with_thumbnail(thumb=None)  # nothing to remove: the block is kept byte for byte
