@@ -274,17 +274,30 @@ def save_artwork(
 
 
 def check_format(artwork: Artwork, format: str) -> None:
-    """Refuse an output format that cannot hold the artwork (transparency in JPEG): `save_artwork` does, and callers
-    that spend minutes before saving check first.
+    """Refuse an output format that cannot hold the artwork (transparency in JPEG, or EXIF or XMP data larger than
+    a JPEG segment): `save_artwork` does, and callers that spend minutes before saving check first.
 
     Raises:
         ConfigError: naming the file.
     """
-    if artwork.alpha is not None and format == "jpeg":
+    if format != "jpeg":
+        return
+    if artwork.alpha is not None:
         raise ConfigError(
             f"{artwork.path}: it has transparency (an alpha channel), and JPEG cannot store one; save as png "
             "(lossless, the default) or webp."
         )
+    for what, data, limit in (("EXIF", artwork.exif, _JPEG_MAX_EXIF), ("XMP", artwork.xmp, _JPEG_MAX_XMP)):
+        if data is not None and len(data) > limit:
+            raise ConfigError(
+                f"{artwork.path}: its {what} data takes {len(data)} bytes, more than one JPEG segment holds "
+                f"({limit}); save as png (lossless, the default) or webp, which keep it."
+            )
+
+
+# A JPEG marker segment holds 65533 bytes after its length field; the XMP one begins with its 29-byte namespace.
+_JPEG_MAX_EXIF = 65533
+_JPEG_MAX_XMP = 65533 - len(b"http://ns.adobe.com/xap/1.0/\x00")
 
 
 def channels_equal(rgb: np.ndarray) -> bool:

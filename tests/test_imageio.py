@@ -580,6 +580,28 @@ def test_jpeg_comment_xmp_and_dpi_reach_png_and_jpeg_outputs(tmp_path):
     assert jpeg.info["dpi"] == (240, 240)
 
 
+def test_metadata_too_large_for_a_jpeg_segment_is_refused_before_cloaking_and_kept_in_png(tmp_path):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    big_xmp = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><a>' + "h" * 70000 + "</a></x:xmpmeta>"
+    info.add_itxt("XML:com.adobe.xmp", big_xmp)  # Photoshop's document history can grow the XMP this large
+    Image.fromarray(_UPRIGHT).save(tmp_path / "xmp.png", pnginfo=info)
+    exif = Image.Exif()
+    exif[ExifTags.Base.ImageDescription] = "d" * 70000  # a PNG eXIf chunk has no 64 KiB limit
+    Image.fromarray(_UPRIGHT).save(tmp_path / "exif.png", exif=exif.tobytes())
+    for name, what in (("xmp.png", "XMP"), ("exif.png", "EXIF")):
+        art = load_artwork(tmp_path / name)
+        with pytest.raises(ConfigError, match=rf"{name}: its {what} data takes \d+ bytes, more than one JPEG"):
+            imageio.check_format(art, "jpeg")
+        with pytest.raises(ConfigError, match=f"its {what} data"):
+            save_artwork(tmp_path / "out.jpg", art.rgb, art, format="jpeg")
+        assert not (tmp_path / "out.jpg").exists()
+        imageio.check_format(art, "png")
+        save_artwork(tmp_path / "out.png", art.rgb, art)
+    assert _reopen(tmp_path / "out.png").getexif()[ExifTags.Base.ImageDescription] == "d" * 70000
+
+
 def test_tiff_authorship_tags_become_exif(tmp_path):
     tags = {ExifTags.Base.Artist: "A. Painter", ExifTags.Base.Copyright: "(c) 2026 A. Painter"}
     Image.fromarray(_UPRIGHT).save(tmp_path / "in.tif", tiffinfo=tags)
