@@ -41,7 +41,9 @@ from cloak.metadata import (
     RIGHTS_RESOURCES,
     exif_has_thumbnail,
     jpeg_with_resources,
+    raw_profile,
     resource_block,
+    xmp_upright,
     xmp_without_thumbnails,
 )
 
@@ -148,7 +150,7 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
             im.load()
             exif = im.getexif()
             icc_profile = im.info.get("icc_profile") or None
-            raw_exif = im.info.get("exif")
+            raw_exif = im.info.get("exif") or _raw_profile_exif(im)
             kept = _kept_info(im, notes)
     except FileNotFoundError as e:
         raise ImageError(f"{path}: file not found.") from e
@@ -173,6 +175,8 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
         method, what = _ORIENTATION_FIX[orientation]
         im = im.transpose(method)
         notes.append(f"EXIF orientation {orientation} applied: the pixels were {what} to stand upright")
+        if "xmp" in kept:
+            kept["xmp"] = xmp_upright(kept["xmp"])
     elif orientation not in (None, 1):
         notes.append(f"EXIF orientation {orientation!r} is not a valid value (1-8); the pixels are used as stored")
 
@@ -486,8 +490,10 @@ def _split(pixels: np.ndarray, grey: bool) -> tuple[np.ndarray, np.ndarray | Non
     return pixels, None, grey
 
 
-# PNG text chunk keys Pillow reads but that are not the artist's text: the XMP packet has its own field.
+# PNG text chunk keys Pillow reads but that are not the artist's text: the XMP packet has its own field, and the
+# EXIF block that ImageMagick keeps as hex text is read into the EXIF one (and written as an eXIf chunk).
 _XMP_KEY = "XML:com.adobe.xmp"
+_RAW_EXIF_KEY = "Raw profile type exif"
 
 # TIFF tags that say who made the picture and who holds its rights (TIFF 6.0 baseline tags 270 and 315, and
 # 33432 Copyright): the only ones carried from a TIFF, whose other tags describe its file layout.
@@ -502,7 +508,7 @@ def _kept_info(im: Image.Image, notes: list[str]) -> dict[str, Any]:
         kept["dpi"] = (float(dpi[0]), float(dpi[1]))
     text = getattr(im, "text", None) if im.format == "PNG" else None
     if text:
-        kept["text"] = tuple((str(k), str(v)) for k, v in text.items() if k != _XMP_KEY)
+        kept["text"] = tuple((str(k), str(v)) for k, v in text.items() if k not in (_XMP_KEY, _RAW_EXIF_KEY))
     xmp = im.info.get("xmp")
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
@@ -537,6 +543,12 @@ _PREVIEW_RESOURCES = {0x0409, 0x040C}
 
 # An APP13 segment's payload: 65535 bytes less its length field and the "Photoshop 3.0" signature.
 _MAX_RESOURCES = 0xFFFF - 2 - 14
+
+
+def _raw_profile_exif(im: Image.Image) -> bytes | None:
+    """The EXIF block of a PNG that keeps it as ImageMagick does, in a "Raw profile type exif" text chunk."""
+    text = im.info.get(_RAW_EXIF_KEY) if im.format == "PNG" else None
+    return raw_profile(text) if isinstance(text, str) else None
 
 
 def _photoshop_resources(im: Image.Image) -> dict[int, bytes]:

@@ -11,6 +11,9 @@ Two jobs, both about what an artist expects of a protected file:
 - **The IPTC record is kept.** Editors' "File Info" (creator, copyright notice, caption, keywords) lives in the
   IPTC-IIM record inside the Photoshop resource block of a JPEG's APP13 segment. Pillow reads that block but cannot
   write it; `jpeg_with_resources` adds it to a JPEG Pillow has written.
+- **The metadata agrees with the upright pixels.** `xmp_upright` sets the XMP copy of the EXIF orientation to 1
+  once the pixels are turned, and `raw_profile` reads the EXIF block ImageMagick keeps in a PNG as hex text, so that
+  it is written back once, as EXIF, not again as text with its old orientation and its thumbnail.
 
 Formats follow the specifications: TIFF 6.0 section 2 (the EXIF block is a little TIFF file: header, then image
 file directories of 12-byte entries, each directory ending in the offset of the next), CIPA DC-008 (EXIF; IFD1
@@ -32,6 +35,7 @@ RIGHTS_RESOURCES: tuple[int, ...] = (0x0404, 0x040A, 0x040B)
 _PHOTOSHOP_SIGNATURE = b"Photoshop 3.0\x00"
 _MAX_SEGMENT = 0xFFFF  # a JPEG marker segment's length field, which counts itself, is 16 bits
 _XMP_NS = "http://ns.adobe.com/xap/1.0/"
+_TIFF_NS = "http://ns.adobe.com/tiff/1.0/"
 
 
 def exif_has_thumbnail(raw: bytes) -> bool:
@@ -76,7 +80,7 @@ def xmp_without_thumbnails(xmp: bytes) -> tuple[bytes, bool]:
         return xmp, False
     edited = text
     # The prefix bound to the XMP basic namespace is usually "xmp" (older files: "xap"); it is looked up.
-    for prefix in set(re.findall(r'xmlns:([\w.-]+)\s*=\s*["\']' + re.escape(_XMP_NS) + r'["\']', text)):
+    for prefix in _prefixes(text, _XMP_NS):
         tag = re.escape(prefix) + r":Thumbnails"
         # element form <xmp:Thumbnails>...</xmp:Thumbnails> (or empty), then attribute form xmp:Thumbnails="..."
         edited = re.sub(r"<" + tag + r"(?:\s[^>]*?)?(?:/>|>.*?</" + tag + r"\s*>)", "", edited, flags=re.DOTALL)
@@ -84,6 +88,38 @@ def xmp_without_thumbnails(xmp: bytes) -> tuple[bytes, bool]:
     if edited == text or not _well_formed(edited):
         return xmp, False
     return edited.encode("utf-8"), True
+
+
+def xmp_upright(xmp: bytes) -> bytes:
+    """The XMP packet with its ``tiff:Orientation`` set to 1, for pixels that have been turned upright.
+
+    Editors copy the EXIF orientation into the XMP; left at its old value, a program that reads the XMP one would
+    turn the already upright picture again. Other bytes stay as they are.
+    """
+    text = xmp.decode("utf-8", errors="replace")
+    edited = text
+    for prefix in _prefixes(text, _TIFF_NS):
+        tag = re.escape(prefix) + r":Orientation"
+        edited = re.sub(r"(<" + tag + r"\s*>)\s*\d+\s*(</" + tag + r"\s*>)", r"\g<1>1\g<2>", edited)
+        edited = re.sub(r"(\s" + tag + r"\s*=\s*[\"'])\d+([\"'])", r"\g<1>1\g<2>", edited)
+    return xmp if edited == text else edited.encode("utf-8")
+
+
+def raw_profile(text: str) -> bytes | None:
+    """The bytes of an ImageMagick "Raw profile type ..." PNG text chunk (a name line, a length line, then hex), or
+    None when it is not one."""
+    lines = text.strip().split("\n")
+    try:
+        length = int(lines[1])
+        data = bytes.fromhex("".join(lines[2:]))
+    except (IndexError, ValueError):
+        return None
+    return data if len(data) == length else None
+
+
+def _prefixes(text: str, namespace: str) -> set[str]:
+    """The prefixes an XMP packet binds to ``namespace``."""
+    return set(re.findall(r'xmlns:([\w.-]+)\s*=\s*["\']' + re.escape(namespace) + r'["\']', text))
 
 
 def _well_formed(text: str) -> bool:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, IptcImagePlugin, TiffImagePlugin
 
+from cloak import metadata
 from cloak.imageio import load_artwork, save_artwork
-from cloak.metadata import exif_has_thumbnail, jpeg_with_resources, resource_block, xmp_without_thumbnails
 
+TIFF_NS = "http://ns.adobe.com/tiff/1.0/"
 THUMB = b"\xff\xd8THUMBNAIL-OF-THE-UNCLOAKED-PICTURE\xff\xd9"
 
 
@@ -64,28 +65,28 @@ THUMBNAILS = (
 
 @pytest.mark.parametrize("endian", ["<", ">"])
 def test_exif_thumbnail_is_found_in_either_byte_order(endian: str) -> None:
-    assert exif_has_thumbnail(exif_with_thumbnail(endian))
-    assert not exif_has_thumbnail(exif_with_thumbnail(endian, thumb=None))
-    assert exif_has_thumbnail(exif_with_thumbnail(endian)[6:])  # PNG eXIf chunks carry no "Exif" prefix
+    assert metadata.exif_has_thumbnail(exif_with_thumbnail(endian))
+    assert not metadata.exif_has_thumbnail(exif_with_thumbnail(endian, thumb=None))
+    assert metadata.exif_has_thumbnail(exif_with_thumbnail(endian)[6:])  # PNG eXIf chunks carry no "Exif" prefix
 
 
 def test_exif_written_by_pillow_has_no_thumbnail_and_garbage_is_not_one() -> None:
     exif = Image.Exif()
     exif[0x013B] = "Ada Painter"
-    assert not exif_has_thumbnail(exif.tobytes())
+    assert not metadata.exif_has_thumbnail(exif.tobytes())
     # Pillow writes IFD0 and its sub-directories only: re-serialising drops IFD1, which imageio relies on.
     reloaded = Image.Exif()
     reloaded.load(exif_with_thumbnail())
     rewritten = reloaded.tobytes()
-    assert not exif_has_thumbnail(rewritten) and THUMB not in rewritten and b"Ada Painter" in rewritten
+    assert not metadata.exif_has_thumbnail(rewritten) and THUMB not in rewritten and b"Ada Painter" in rewritten
     for junk in (b"", b"Exif\x00\x00", b"XX\x00\x2a\x00\x00\x00\x08", b"II\x2a\x00\xff\xff\x00\x00"):
-        assert not exif_has_thumbnail(junk)
+        assert not metadata.exif_has_thumbnail(junk)
 
 
 @pytest.mark.parametrize("prefix", ["xmp", "xap"])
 def test_xmp_thumbnails_are_removed_and_the_rest_kept_byte_for_byte(prefix: str) -> None:
     packet = xmp_packet(RIGHTS + THUMBNAILS.format(p=prefix), prefix)
-    cleaned, removed = xmp_without_thumbnails(packet)
+    cleaned, removed = metadata.xmp_without_thumbnails(packet)
     assert removed
     assert cleaned == xmp_packet(RIGHTS, prefix)
     assert b"VEhVTUJOQUlM" not in cleaned
@@ -93,19 +94,19 @@ def test_xmp_thumbnails_are_removed_and_the_rest_kept_byte_for_byte(prefix: str)
 
 def test_xmp_thumbnails_as_an_attribute_or_empty_element_are_removed() -> None:
     attribute = xmp_packet(RIGHTS).replace(b'rdf:about=""', b'rdf:about="" xmp:Thumbnails="VEhVTUI="')
-    assert xmp_without_thumbnails(attribute) == (xmp_packet(RIGHTS), True)
+    assert metadata.xmp_without_thumbnails(attribute) == (xmp_packet(RIGHTS), True)
     empty = xmp_packet(RIGHTS + "<xmp:Thumbnails />")
-    assert xmp_without_thumbnails(empty) == (xmp_packet(RIGHTS), True)
+    assert metadata.xmp_without_thumbnails(empty) == (xmp_packet(RIGHTS), True)
 
 
 def test_xmp_without_thumbnails_or_not_well_formed_is_left_alone() -> None:
     plain = xmp_packet(RIGHTS)
-    assert xmp_without_thumbnails(plain) == (plain, False)
+    assert metadata.xmp_without_thumbnails(plain) == (plain, False)
     broken = xmp_packet(RIGHTS + THUMBNAILS.format(p="xmp")).replace(b"</dc:rights>", b"")
-    assert xmp_without_thumbnails(broken) == (broken, False)
+    assert metadata.xmp_without_thumbnails(broken) == (broken, False)
     # another namespace's "Thumbnails" is not the XMP basic one and stays
     other = xmp_packet(RIGHTS + '<dc:Thumbnails>x</dc:Thumbnails>')
-    assert xmp_without_thumbnails(other) == (other, False)
+    assert metadata.xmp_without_thumbnails(other) == (other, False)
 
 
 def _jpeg(**options: object) -> bytes:
@@ -120,7 +121,7 @@ def test_jpeg_with_resources_carries_iptc_and_keeps_everything_else() -> None:
     exif = Image.Exif()
     exif[0x013B] = "Ada Painter"
     original = _jpeg(exif=exif.tobytes(), comment=b"hello", icc_profile=b"\x00" * 128)
-    written = jpeg_with_resources(original, {0x0404: record, 0x040A: b"\x01"})
+    written = metadata.jpeg_with_resources(original, {0x0404: record, 0x040A: b"\x01"})
     with Image.open(io.BytesIO(written)) as im, Image.open(io.BytesIO(original)) as before:
         info = IptcImagePlugin.getiptcinfo(im)
         assert info == {(2, 80): b"Ada Painter", (2, 116): b"(c) 2026 Ada Painter"}
@@ -132,16 +133,16 @@ def test_jpeg_with_resources_carries_iptc_and_keeps_everything_else() -> None:
     assert written.index(b"Photoshop 3.0") < written.index(b"\xff\xdb") and written.index(b"Exif") < written.index(
         b"Photoshop 3.0"
     )
-    assert jpeg_with_resources(original, {}) == original
+    assert metadata.jpeg_with_resources(original, {}) == original
 
 
 def test_resource_block_pads_odd_data_and_jpeg_errors_are_clear() -> None:
-    block = resource_block({0x040B: b"abc"})
+    block = metadata.resource_block({0x040B: b"abc"})
     assert block == b"8BIM\x04\x0b\x00\x00\x00\x00\x00\x03abc\x00"
     with pytest.raises(ValueError, match="start-of-image"):
-        jpeg_with_resources(b"\x89PNG", {0x0404: b"x"})
+        metadata.jpeg_with_resources(b"\x89PNG", {0x0404: b"x"})
     with pytest.raises(ValueError, match="more than one JPEG segment"):
-        jpeg_with_resources(_jpeg(), {0x0404: b"x" * 70000})
+        metadata.jpeg_with_resources(_jpeg(), {0x0404: b"x" * 70000})
 
 
 # End to end through cloak.imageio: what an artist's exported file carries, and what its cloaked copy does.
@@ -157,7 +158,8 @@ def _exported_jpeg(path: Path) -> None:
     xmp = xmp_packet(RIGHTS + THUMBNAILS.format(p="xmp"))
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=95, exif=exif_with_thumbnail(), xmp=xmp)
     record = iptc_record(by_line=b"Ada Painter", copyright=b"(c) 2026 Ada Painter")
-    path.write_bytes(jpeg_with_resources(buffer.getvalue(), {0x0404: record, 0x040A: b"\x01", 0x040C: PREVIEW}))
+    resources = {0x0404: record, 0x040A: b"\x01", 0x040C: PREVIEW}
+    path.write_bytes(metadata.jpeg_with_resources(buffer.getvalue(), resources))
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
@@ -184,7 +186,7 @@ def test_cloaked_copy_keeps_the_rights_and_carries_no_uncloaked_preview(tmp_path
 
 def test_iptc_from_a_tiff_reaches_a_jpeg_output_and_plain_files_get_no_notes(tmp_path: Path) -> None:
     ifd = TiffImagePlugin.ImageFileDirectory_v2()
-    ifd[34377] = resource_block({0x0404: iptc_record(copyright=b"(c) Ada"), 0x0409: PREVIEW})
+    ifd[34377] = metadata.resource_block({0x0404: iptc_record(copyright=b"(c) Ada"), 0x0409: PREVIEW})
     ifd.tagtype[34377] = 1  # BYTE, as Photoshop writes it
     Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "in.tif", tiffinfo=ifd)
     art = load_artwork(tmp_path / "in.tif")
@@ -198,3 +200,65 @@ def test_iptc_from_a_tiff_reaches_a_jpeg_output_and_plain_files_get_no_notes(tmp
     plain = load_artwork(tmp_path / "plain.jpg")
     assert plain.notes == () and plain.photoshop == ()
     assert plain.exif == exif_with_thumbnail(thumb=None)  # nothing to remove: the block is kept byte for byte
+
+
+def test_xmp_upright_sets_the_tiff_orientation_to_1_and_nothing_else() -> None:
+    element = _xmp_with_orientation(element="<tiff:Orientation>6</tiff:Orientation>")
+    assert metadata.xmp_upright(element) == element.replace(b">6<", b">1<")
+    attribute = _xmp_with_orientation(attribute='tiff:Orientation="8"')
+    assert metadata.xmp_upright(attribute) == attribute.replace(b'tiff:Orientation="8"', b'tiff:Orientation="1"')
+    other = xmp_packet(RIGHTS + "<dc:Orientation>6</dc:Orientation>")  # not the TIFF namespace's
+    assert metadata.xmp_upright(other) is other
+
+
+def _imagemagick_profile(name: str, data: bytes) -> str:
+    """A PNG text chunk as ImageMagick writes a binary profile: name, length, then hex in lines of 72."""
+    hexed = data.hex()
+    return f"\n{name}\n{len(data):8d}\n" + "\n".join(hexed[i : i + 72] for i in range(0, len(hexed), 72)) + "\n"
+
+
+def test_raw_profile_reads_imagemagick_chunks_and_refuses_others() -> None:
+    data = exif_with_thumbnail()
+    assert metadata.raw_profile(_imagemagick_profile("exif", data)) == data
+    for bad in ("", "exif", "\nexif\n   12\nzz\n", "\nexif\n   99\n4578\n"):
+        assert metadata.raw_profile(bad) is None
+
+
+def _exif_upright_6() -> bytes:
+    """An EXIF block with the Artist tag and Orientation 6 (the picture is stored turned a quarter)."""
+    exif = Image.Exif()
+    exif[0x013B] = "Ada Painter"
+    exif[0x0112] = 6
+    return exif.tobytes()
+
+
+def _xmp_with_orientation(element: str = "", attribute: str = "") -> bytes:
+    packet = xmp_packet(RIGHTS + element)
+    return packet.replace(b'rdf:about=""', f'rdf:about="" xmlns:tiff="{TIFF_NS}" {attribute}'.encode())
+
+
+def test_turned_upright_pictures_get_xmp_orientation_1(tmp_path: Path) -> None:
+    xmp = _xmp_with_orientation(element="<tiff:Orientation>6</tiff:Orientation>")
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "in.jpg", exif=_exif_upright_6(), xmp=xmp)
+    art = load_artwork(tmp_path / "in.jpg")
+    assert art.size == (4, 6) and art.xmp == xmp.replace(b">6<", b">1<")
+    save_artwork(tmp_path / "out.jpg", art.rgb, art, format="jpeg")
+    with Image.open(tmp_path / "out.jpg") as im:
+        assert im.getexif()[0x0112] == 1 and b"<tiff:Orientation>1</tiff:Orientation>" in im.info["xmp"]
+
+
+def test_imagemagick_png_exif_is_carried_as_exif_without_its_thumbnail(tmp_path: Path) -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", _imagemagick_profile("exif", exif_with_thumbnail()))
+    info.add_text("Copyright", "(c) Ada Painter")
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "in.png", pnginfo=info)
+    art = load_artwork(tmp_path / "in.png")
+    assert any("EXIF data's preview thumbnail" in note for note in art.notes)
+    assert art.text == (("Copyright", "(c) Ada Painter"),)  # the hex copy is not carried as text
+    save_artwork(tmp_path / "out.png", art.rgb, art)
+    assert THUMB not in (tmp_path / "out.png").read_bytes()
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.getexif()[0x013B] == "Ada Painter" and "Raw profile type exif" not in im.info
