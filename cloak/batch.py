@@ -290,7 +290,8 @@ def run_job(
         if np.array_equal(saved, result.image):  # PNG: the pixels the cloak measured (SSIM is slow on large files)
             linf, psnr, ssim = result.linf, result.psnr, result.ssim
         else:
-            linf, psnr, ssim = (f(artwork.rgb, saved) for f in (metrics.linf, metrics.psnr, metrics.ssim))
+            linf = metrics.linf(artwork.rgb, saved)
+            psnr, ssim = metrics.psnr(artwork.rgb, saved), metrics.ssim(artwork.rgb, saved)
         if linf > cloaker.config.eps:
             notes.append(
                 f"the saved {fmt.upper()} differs from the original by up to {linf}/255, more than the budget "

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from cloak.errors import ConfigError, ImageError
 from cloak.metadata import (
@@ -142,10 +142,10 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
     """
     path = Path(path)
     notes: list[str] = []
+    im: Image.Image  # as opened (an ImageFile), then turned upright (a plain Image) below
     try:
         with Image.open(path) as im:
-            _check_container(path, im, notes)
-            source_format = im.format
+            source_format = _check_container(path, im, notes)
             rawmode = _raw_mode(im)
             im.load()
             exif = im.getexif()
@@ -399,8 +399,8 @@ def _limit_text() -> str:
     return f"{MAX_PIXELS:,} pixels (for example 8192x4096)"
 
 
-def _check_container(path: Path, im: Image.Image, notes: list[str]) -> None:
-    """Refuse unsupported formats, oversized images and animations before decoding any pixels."""
+def _check_container(path: Path, im: Image.Image, notes: list[str]) -> str:
+    """Refuse unsupported formats, oversized images and animations before decoding any pixels; return the format."""
     if im.format not in _FORMATS:
         raise ImageError(
             f"{path}: {im.format} files are not supported; supported: {_suffix_list()}. "
@@ -426,9 +426,10 @@ def _check_container(path: Path, im: Image.Image, notes: list[str]) -> None:
             f"{path}: CMYK image (print colours). Converting it here would change its colours; convert it to "
             "RGB in your editor (with your colour profile) and export as PNG."
         )
+    return im.format
 
 
-def _raw_mode(im: Image.Image) -> str:
+def _raw_mode(im: ImageFile.ImageFile) -> str:
     """The raw (stored) pixel layout, e.g. ``"RGB;16B"``; call before `load`, which clears the tile list.
 
     Pillow opens 16-bit RGB(A) PNGs as 8-bit RGB/RGBA images and 16-bit grey+alpha PNGs as RGBA with equal

@@ -95,7 +95,9 @@ def frechet_distance(feats_a: Tensor | np.ndarray, feats_b: Tensor | np.ndarray)
     (n, _), (m, _) = a.shape, b.shape
     mu_a, mu_b = a.mean(0), b.mean(0)
     ca, cb = a - mu_a, b - mu_b
-    ra, rb = np.linalg.qr(ca, mode="r"), np.linalg.qr(cb, mode="r")
+    # numpy's stubs type qr as the (Q, R) pair in every mode; mode="r" returns R alone
+    ra: np.ndarray = np.linalg.qr(ca, mode="r")  # type: ignore[assignment]
+    rb: np.ndarray = np.linalg.qr(cb, mode="r")  # type: ignore[assignment]
     tr_sqrt = np.linalg.svd(ra @ rb.T, compute_uv=False).sum() / math.sqrt((n - 1) * (m - 1))
     value = ((mu_a - mu_b) ** 2).sum() + (ca**2).sum() / (n - 1) + (cb**2).sum() / (m - 1) - 2 * tr_sqrt
     return max(float(value), 0.0)

@@ -10,14 +10,17 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import torch
 
 from cloak.errors import ConfigError, ModelNotFoundError
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    # From their modules: under a type checker, diffusers' top-level names are its torch-less placeholder classes.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -40,6 +43,28 @@ class Components:
     resolution: int  # the resolution the model is trained at, px (512 for SD-1.5)
     device: torch.device
     dtype: torch.dtype
+
+    @overload
+    def require(self, part: Literal["vae"]) -> AutoencoderKL: ...
+    @overload
+    def require(self, part: Literal["unet"]) -> UNet2DConditionModel: ...
+    @overload
+    def require(self, part: Literal["text_encoder"]) -> CLIPTextModel: ...
+    @overload
+    def require(self, part: Literal["tokenizer"]) -> CLIPTokenizer: ...
+    @overload
+    def require(self, part: Literal["scheduler"]) -> DDPMScheduler: ...
+
+    def require(self, part: str) -> Any:
+        """The part ``part`` (one of `PARTS`), typed as what it is: for code that uses a part it knows was loaded.
+
+        Raises:
+            ConfigError: ``part`` is None here (the components were loaded without it).
+        """
+        value = getattr(self, part)
+        if value is None:
+            raise ConfigError(f"`components` of {self.name!r} lacks {part}; load it with this part.")
+        return value
 
 
 def resolve_device(device: str) -> torch.device:

@@ -80,8 +80,10 @@ class CloakConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or type(value) in (int, float):
                 continue  # Python numbers stay as given (8 stays 8: eval's fingerprints hash the settings)
-            if isinstance(value, kind):
-                object.__setattr__(self, name, float(value) if kind is numbers.Real else int(value))
+            if kind is numbers.Integral and isinstance(value, numbers.Integral):
+                object.__setattr__(self, name, int(value))
+            elif kind is numbers.Real and isinstance(value, numbers.Real):
+                object.__setattr__(self, name, float(value))
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
         self.pgd()  # validates eps, steps, step_size
@@ -120,7 +122,7 @@ class CloakConfig:
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if "method" in overrides and overrides["method"] != p.method:
-            fresh = {f.name: f.default for f in fields(cls) if f.name in STEP_RULE}
+            fresh: dict[str, Any] = {f.name: f.default for f in fields(cls) if f.name in STEP_RULE}
             base = replace(base, options={}, **fresh)
         if "options" in overrides:
             overrides["options"] = {**base.options, **overrides["options"]}
@@ -233,7 +235,7 @@ def check_seed(seed: Any) -> int:
     Raises:
         ConfigError: otherwise (a float, a bool, a negative number, one that overflows torch's generator).
     """
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**63:
         raise ConfigError(f"`seed` must be a whole number from 0 to 2^63 - 1, got {seed!r}.")
     return int(seed)
 

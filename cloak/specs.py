@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -106,7 +107,7 @@ class Param:
             return None
         if isinstance(value, str) and self.kind is not str and ".." in value:
             low_text, high_text = value.split("..", 1)
-            low, high = self._scalar(low_text, where), self._scalar(high_text, where)
+            low, high = self._number(low_text, where), self._number(high_text, where)
             if low > high:
                 raise ConfigError(f"`{where}`: range `{self.name}={value}` has its low end above its high end.")
             return Range(low, high) if low != high else low
@@ -122,6 +123,10 @@ class Param:
             if self.choices and value.strip() not in self.choices:
                 raise ConfigError(expected)
             return value.strip()
+        return self._number(value, where)
+
+    def _number(self, value: object, where: str) -> float | int:
+        expected = f"`{where}`: parameter `{self.name}` must be {self.describe()}, got {value!r}."
         if isinstance(value, bool):
             raise ConfigError(expected)
         if isinstance(value, str):
@@ -201,7 +206,7 @@ def split_spec(spec: str) -> list[SpecItem]:
     return items
 
 
-def resolve_params(where: str, options: Mapping[str, object], params: Sequence[Param]) -> dict[str, object]:
+def resolve_params(where: str, options: Mapping[str, object], params: Sequence[Param]) -> dict[str, Any]:
     """Validate options against the accepted parameters and fill in the defaults.
 
     Args:
@@ -221,7 +226,7 @@ def resolve_params(where: str, options: Mapping[str, object], params: Sequence[P
         if key not in by_name:
             accepted = ", ".join(f"{p.name} ({p.describe()})" for p in params) or "none"
             raise ConfigError(f"`{where}` has no parameter `{key}`; accepted: {accepted}.")
-    resolved: dict[str, object] = {}
+    resolved: dict[str, Any] = {}  # each value of its parameter's kind (see `Param.check`)
     for p in params:
         value = options.get(p.name, p.default)
         resolved[p.name] = p.check(value, where)

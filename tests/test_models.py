@@ -100,6 +100,14 @@ def test_load_components_loads_only_the_requested_parts(tiny_model_dir, tiny_com
         assert components.tokenizer("photo of sks dog").input_ids == [49406, 1125, 539, 48136, 1929, 49407]
 
 
+def test_require_returns_a_loaded_part_and_names_a_missing_one(tiny_components):
+    from dataclasses import replace
+
+    assert tiny_components.require("unet") is tiny_components.unet
+    with pytest.raises(ConfigError, match=r"^`components` of 'tiny' lacks unet; load it with this part\.$"):
+        replace(tiny_components, unet=None).require("unet")
+
+
 def test_load_components_honours_dtype(tiny_model_dir):
     components = models.load_components(tiny_model_dir.as_posix(), ["vae", "text_encoder"], "cpu", torch.bfloat16)
     assert components.dtype == torch.bfloat16

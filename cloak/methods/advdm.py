@@ -56,7 +56,7 @@ class AdvDM(Objective):
             raise ConfigError(f"`minimise` ({self.name} option) must be true or false, got {minimise!r}.")
         self.minimise = minimise
         self.prompt = prompt
-        self.unet = components.unet  # the model attacked (ASPL swaps in its surrogate)
+        self.unet: torch.nn.Module = components.require("unet")  # the model attacked (ASPL swaps in its surrogate)
         self.prompt_embeds = encode_prompt(components.text_encoder, components.tokenizer, prompt)  # c: (1, 77, D)
 
     def target(self, x: torch.Tensor, generator: torch.Generator) -> None:

@@ -80,9 +80,9 @@ class ASPL(AdvDM):
             raise ConfigError(f"`train_text_encoder` (aspl option) must be true or false, got {train_text_encoder!r}.")
         self.learning_rate = learning_rate
         self._ids = prompt_ids(components.tokenizer, prompt).to(components.device)
-        parts = {"unet": components.unet}
+        parts: dict[str, torch.nn.Module] = {"unet": components.require("unet")}
         if train_text_encoder:
-            parts["text_encoder"] = components.text_encoder
+            parts["text_encoder"] = components.require("text_encoder")
         self._pretrained = parts
         # f, trained in float32 whatever the loaded weights' dtype (cloak.protect.store_unet_in_bf16)
         self._main = torch.nn.ModuleDict({k: copy.deepcopy(m).float() for k, m in parts.items()})
@@ -115,7 +115,7 @@ class ASPL(AdvDM):
         if "text_encoder" in models:
             return models["text_encoder"](self._ids)[0]
         with torch.no_grad():
-            return self.components.text_encoder(self._ids)[0]
+            return self.components.require("text_encoder")(self._ids)[0]
 
     def _finetune(self, models: torch.nn.ModuleDict, images: list[torch.Tensor], generator: torch.Generator) -> None:
         """DreamBooth instance loss, ``finetune_steps`` AdamW steps, one image per step in turn."""

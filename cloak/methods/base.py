@@ -43,7 +43,7 @@ class Objective:
         """View sizes must be multiples of this, px (the VAE factor; times the UNet's when a UNet is used)."""
         factor = vae_scale_factor(self.components.vae)
         if "unet" in self.needs:
-            factor *= 2 ** (len(self.components.unet.config.block_out_channels) - 1)
+            factor *= 2 ** (len(self.components.require("unet").config["block_out_channels"]) - 1)
         return factor
 
     def target(self, x: torch.Tensor, generator: torch.Generator) -> Any:

@@ -190,8 +190,8 @@ def img2img(
     from diffusers import DDIMScheduler
     from torch.utils.checkpoint import checkpoint as recompute
 
-    vae, unet = components.vae, components.unet
-    ddim = DDIMScheduler.from_config(components.scheduler.config)
+    vae, unet = components.require("vae"), components.require("unet")
+    ddim = DDIMScheduler.from_config(components.require("scheduler").config)
     ddim.set_timesteps(num_inference_steps, device=x.device)
     start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
     timesteps = ddim.timesteps[start:]
@@ -212,4 +212,4 @@ def img2img(
         z = ddim.step(noise, t, z).prev_sample
     if not decode:
         return z
-    return from_vae(vae.decode(z / vae.config.scaling_factor).sample)
+    return from_vae(vae.decode(z / vae.config["scaling_factor"]).sample)

@@ -89,13 +89,10 @@ class EditAttack(Objective):
     ) -> None:
         super().__init__(components)
         prediction_type(components.scheduler)
-        several = isinstance(strength, (list, tuple))
-        if several and not strength:
+        strengths = strength if isinstance(strength, (list, tuple)) else [strength]
+        if not strengths:
             raise ConfigError("`strength` (sdedit option) must be a number or a non-empty list of numbers, got [].")
-        settings = [
-            sdedit_settings(s, num_inference_steps, guidance_scale, self.name)
-            for s in (strength if several else [strength])
-        ]
+        settings = [sdedit_settings(s, num_inference_steps, guidance_scale, self.name) for s in strengths]
         self.strengths = tuple(s for s, _, _ in settings)
         _, self.num_inference_steps, self.guidance_scale = settings[0]
         self.samples = positive_int(samples, "samples", self.name)

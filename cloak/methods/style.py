@@ -154,7 +154,7 @@ class StyleCloak(Objective):
         """The VAE factor; times the UNet's when the decoy is rendered by SDEdit."""
         factor = vae_scale_factor(self.components.vae)
         if self.sdedit:
-            factor *= 2 ** (len(self.components.unet.config.block_out_channels) - 1)
+            factor *= 2 ** (len(self.components.require("unet").config["block_out_channels"]) - 1)
         return factor
 
     def decoy(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,9 +176,12 @@ class StyleCloak(Objective):
     def _clip_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-norm CLIP image embedding of (1, 3, h, w) in [0, 1], resized and normalised as the model expects."""
         clip = self.clip
+        assert clip is not None  # callers check self.clip
         mode = "bilinear" if clip.interpolation == "bilinear" else "bicubic"
         x = F.interpolate(x, size=clip.image_size, mode=mode, align_corners=False, antialias=True)
-        return F.normalize(clip.model.encode_image(to_clip(x, mean=clip.mean, std=clip.std)).float(), dim=-1)
+        # torch types a Module's attributes as Tensor | Module; encode_image is a method of open_clip's CLIP
+        image = to_clip(x, mean=clip.mean, std=clip.std)
+        return F.normalize(clip.model.encode_image(image).float(), dim=-1)  # type: ignore[operator]
 
     def target(self, x: torch.Tensor, generator: torch.Generator) -> StyleTarget:
         decoy = self.decoy(x)
@@ -189,5 +192,6 @@ class StyleCloak(Objective):
     def loss(self, x_adv: torch.Tensor, target: StyleTarget, generator: torch.Generator) -> torch.Tensor:
         loss = F.mse_loss(vae_latents(self.components.vae, x_adv).float(), target.latent.float())
         if self.clip is not None:
+            assert target.clip is not None  # `target` sets it when there is a CLIP model
             loss = loss + self.clip_weight * (1.0 - (self._clip_features(x_adv) * target.clip).sum())
         return loss

@@ -113,9 +113,12 @@ def _content(seed: int, size: int) -> _Content:
     if sea:
         line = horizon + 0.015 * np.sin(2 * np.pi * (x * rng.uniform(3, 6) + rng.random()))
     else:
-        line = horizon + sum(
-            rng.uniform(0.03, 0.12) / k * np.sin(2 * np.pi * (k * x * rng.uniform(0.7, 1.4) + rng.random()))
-            for k in (1, 2, 3)
+        line = horizon + np.sum(
+            [
+                rng.uniform(0.03, 0.12) / k * np.sin(2 * np.pi * (k * x * rng.uniform(0.7, 1.4) + rng.random()))
+                for k in (1, 2, 3)
+            ],
+            axis=0,
         )
     ground = y > line
     tone = np.where(ground, 0.2 + 0.35 * (1 - (y - line) / (1 - line + 1e-3)), 0.55 + 0.35 * (1 - y / horizon))

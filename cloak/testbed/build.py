@@ -405,6 +405,7 @@ def build(
     text_encoder = make_text_encoder(cfg)
     unet = make_unet(cfg)
     ddpm, ddim = make_schedulers()
+    # A type checker sees diffusers' top-level names as its torch-less placeholder classes, hence the two ignores.
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -417,14 +418,14 @@ def build(
     )
 
     def checkpoint(step: int) -> None:
-        pipe.save_pretrained(out, safe_serialization=True)
+        pipe.save_pretrained(out, safe_serialization=True)  # type: ignore[attr-defined]
         (out / "build.json").write_text(json.dumps({"partial": True, "unet_step": step}) + "\n")
 
     train_unet(
         unet, text_encoder, tokenizer, ddpm, (means, stds), seen_captions, scaling, cfg, gen, progress, checkpoint
     )
     times["unet"] = time.perf_counter() - t0 - sum(times.values())
-    pipe.save_pretrained(out, safe_serialization=True)
+    pipe.save_pretrained(out, safe_serialization=True)  # type: ignore[attr-defined]
     times["total"] = time.perf_counter() - t0
     record = {
         "config": asdict(cfg),

@@ -146,12 +146,12 @@ def run_check(
     with torch.no_grad():
         for style in STYLES:
             x = _eval_images(style, s.images_per_style, r)
-            z = comp.vae.encode(x * 2 - 1).latent_dist.mean
-            rec = ((comp.vae.decode(z).sample + 1) / 2).clamp(0, 1)
+            z = comp.require("vae").encode(x * 2 - 1).latent_dist.mean
+            rec = ((comp.require("vae").decode(z).sample + 1) / 2).clamp(0, 1)
             psnr[style] = float(psnr_db(rec, x).mean())
             acc[style] = judged_fraction(judge, x, style)
     figures["vae_psnr_db"], figures["judge_accuracy"] = psnr, acc
-    worst = min(psnr, key=psnr.get)
+    worst = min(psnr, key=psnr.__getitem__)
     gates.append(
         Gate(
             "VAE PSNR, worst style",
@@ -227,7 +227,7 @@ def run_check(
             mean_before <= BASE_SKS_MAX,
         )
     )
-    slowest = max(seconds, key=seconds.get)
+    slowest = max(seconds, key=seconds.__getitem__)
     gates.append(
         Gate(
             "DreamBooth fine-tune time, slowest (wall)",

@@ -38,7 +38,7 @@ def build(
     """Rebuild the testbed from scratch: procedural artists -> VAE -> judge -> text encoder + UNet."""
     import torch
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from cloak.errors import CloakError
     from cloak.testbed.build import build as run_build
@@ -51,7 +51,7 @@ def build(
         torch.set_num_threads(threads)
     console = Console()
     cfg = config_for(micro, seed)
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     start = time.perf_counter()
     with Progress(
         TextColumn("{task.description:<6}"),
