@@ -99,14 +99,14 @@ def parse_spec(
         ConfigError: an unknown name (the message lists the known ones), an unknown parameter (lists the
             accepted ones), a bad value (says the expected type and range), or missing model components.
     """
-    members = []
+    members: list[Purifier] = []
     for item in split_spec(spec):
         cls = _lookup(item.name, spec)
         if cls is Impress:
             members.append(cls(components, lpips=lpips, **item.options))
         elif cls is NoisyUpscale:
             members.append(cls(components, pipeline=upscaler, prompt=prompt, **item.options))
-        elif cls.needs:
+        elif issubclass(cls, (DiffPure, GridPure)):  # the other purifiers that need a model
             members.append(cls(components, prompt=prompt, **item.options))
         else:
             members.append(cls(**item.options))

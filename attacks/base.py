@@ -106,8 +106,13 @@ class Purifier:
         """`sample` then `apply`."""
         return self.apply(x, self.sample(generator))
 
-    def purify(self, x: Tensor, **params: Any) -> Tensor:
-        """The pure function, on a validated image and drawn parameters (implemented by subclasses)."""
+    def purify(self, x: Tensor, *args: Any, **params: Any) -> Tensor:
+        """The pure function, on a validated image and drawn parameters (implemented by subclasses).
+
+        Each subclass names its own keyword parameters (those of `sample`'s dict); the ``*args: Any, **params: Any``
+        here is how a type checker accepts that (the typing spec's gradual ``...`` signature). `apply` passes only
+        keywords.
+        """
         raise NotImplementedError
 
 

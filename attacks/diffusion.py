@@ -64,12 +64,12 @@ def prompt_embeddings(components: Components, prompt: str, batch: int) -> Tensor
     Returns:
         ``(batch, max_length, hidden)`` on ``components.device`` in ``components.dtype``.
     """
-    tokenizer = components.tokenizer
+    tokenizer = components.require("tokenizer")
     ids = tokenizer(
         prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(components.device)
     with torch.no_grad():
-        hidden = components.text_encoder(ids)[0]
+        hidden = components.require("text_encoder")(ids)[0]
     return hidden.to(components.dtype).expand(batch, -1, -1)
 
 
@@ -79,15 +79,15 @@ def _ddim_denoise(components: Components, z: Tensor, t_start: int, steps: int, e
     Visits ``steps`` evenly spaced timesteps ``t_start, ..., t_start / steps``; the last step lands on the
     clean latent (alpha-bar = 1). Handles epsilon-, v- and sample-prediction UNets.
     """
-    scheduler = components.scheduler
+    scheduler, unet = components.require("scheduler"), components.require("unet")
     alphas = scheduler.alphas_cumprod.to(torch.float64)
-    kind = scheduler.config.prediction_type
+    kind = scheduler.config["prediction_type"]
     timesteps = [round(t_start * (steps - i) / steps) for i in range(steps)]
     for i, t in enumerate(timesteps):
         a_t = float(alphas[t])
         a_prev = float(alphas[timesteps[i + 1]]) if i + 1 < steps else 1.0
         timestep = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
-        out = components.unet(z, timestep, encoder_hidden_states=embeds).sample
+        out = unet(z, timestep, encoder_hidden_states=embeds).sample
         if kind == "epsilon":
             eps = out
             x0 = (z - (1 - a_t) ** 0.5 * eps) / a_t**0.5
@@ -135,19 +135,19 @@ def diffpure(
         ``(B, 3, H, W)`` in [0, 1], on ``x``'s device and dtype.
     """
     h, w = x.shape[-2:]
-    scheduler = components.scheduler
+    scheduler, vae = components.require("scheduler"), components.require("vae")
     if prompt_embeds is None:
         prompt_embeds = prompt_embeddings(components, prompt, 1)
-    t_start = round(t * (scheduler.config.num_train_timesteps - 1))
+    t_start = round(t * (scheduler.config["num_train_timesteps"] - 1))
     steps = min(num_inference_steps, t_start + 1)
     with torch.no_grad():
         image = _pad(x.to(components.device, components.dtype), _multiple(components))
-        z0 = vae_latents(components.vae, image)
+        z0 = vae_latents(vae, image)
         noise = torch.randn(z0.shape, generator=generator, device=generator.device, dtype=z0.dtype).to(z0.device)
         a = float(scheduler.alphas_cumprod[t_start])
         z = a**0.5 * z0 + (1 - a) ** 0.5 * noise
         z = _ddim_denoise(components, z, t_start, steps, prompt_embeds.expand(z.shape[0], -1, -1))
-        out = from_vae(components.vae.decode(z / components.vae.config.scaling_factor).sample)
+        out = from_vae(vae.decode(z / vae.config["scaling_factor"]).sample)
     return out[..., :h, :w].to(x.device, x.dtype)
 
 
@@ -306,6 +306,7 @@ def noisy_upscale(
     small = (max(1, h // 2), max(1, w // 2))
     blurry = F.interpolate(noisy, size=small, mode="bicubic", antialias=True, align_corners=False)
     blurry = F.interpolate(blurry, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+    components = check_components(components, DIFFUSION_PARTS, "noisy_upscale")  # the fallback needs the model
     return diffpure(blurry, components, t, num_inference_steps, generator, prompt)
 
 
@@ -384,7 +385,7 @@ def impress(
             if schedule == "cosine":
                 optimiser.param_groups[0]["lr"] = cosine_annealed(lr, step, iterations)
             optimiser.zero_grad()
-            loss = 0.0
+            loss = x_pur.new_zeros(())  # the views' reconstruction error, summed below
             for view in views:
                 seen = render_view(x_pur, view)
                 recon = vae_roundtrip(vae, seen)
@@ -509,7 +510,11 @@ class NoisyUpscale(Purifier):
     def purify(
         self, x: Tensor, sigma: float, t: float, steps: int, noise_level: int, upscaler: str, seed: int
     ) -> Tensor:
-        device = self.upscaler.device if self.upscaler is not None else self.components.device
+        if self.upscaler is not None:
+            device = self.upscaler.device
+        else:
+            assert self.components is not None  # checked in __init__ when there is no upscaler
+            device = self.components.device
         return noisy_upscale(
             x, self.components, sigma, t, steps, noise_level, seeded(seed, device), self.upscaler, self.prompt
         )
