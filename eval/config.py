@@ -419,7 +419,9 @@ def check_input_files(config: EvalConfig) -> None:
                 check_target(target, (d.options or {}).get("period", 16))
             except ConfigError as err:
                 raise ConfigError(f"{config.source}: defence {d.name!r}: {err}") from None
-        for a in config.artists if d.precomputed is not None else ():
+        if d.precomputed is None:
+            continue
+        for a in config.artists:
             folder = Path(d.precomputed.replace("{artist}", a.name)).expanduser()
             if not folder.is_dir():
                 raise ConfigError(

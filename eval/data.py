@@ -67,16 +67,18 @@ def load_artist(spec: ArtistSpec, resolution: int) -> ArtistImages:
     HELDOUT_SEED_OFFSET + i`` (never used by the testbed's build). Folders: sorted by name, the first ``n_train``
     files train and the rest are held out.
     """
-    if spec.style is not None:
+    style = spec.style
+    if style is not None:
         from cloak.testbed.artists import EVAL_SEED_OFFSET, paint
 
         def painted(seeds: range) -> tuple[np.ndarray, ...]:
-            return tuple(np.round(paint(spec.style, s, resolution).image * 255).astype(np.uint8) for s in seeds)
+            return tuple(np.round(paint(style, s, resolution).image * 255).astype(np.uint8) for s in seeds)
 
         train = painted(range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + spec.n_train))
         start = EVAL_SEED_OFFSET + HELDOUT_SEED_OFFSET
         heldout = painted(range(start, start + spec.n_heldout))
         return ArtistImages(tuple(f"train-{i:03d}" for i in range(spec.n_train)), train, heldout)
+    assert spec.folder is not None  # eval.config gives an artist exactly one of `style` and `folder`
     if not spec.folder.is_dir():
         raise ConfigError(f"artist {spec.name!r}: the folder {spec.folder} does not exist.")
     files = image_files(spec.folder)
@@ -93,6 +95,7 @@ def load_artist(spec: ArtistSpec, resolution: int) -> ArtistImages:
 
 def load_precomputed(spec: DefenceSpec, artist: str, names: tuple[str, ...], resolution: int) -> list[np.ndarray]:
     """Another tool's protected copies of the training images, matched by file stem, at ``resolution`` px."""
+    assert spec.precomputed is not None  # called for precomputed defences only
     folder = Path(spec.precomputed.replace("{artist}", artist)).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"defence {spec.name!r}: the precomputed folder {folder} does not exist.")
@@ -131,7 +134,7 @@ def fingerprint(obj: Any) -> str:
     def encode(o: Any) -> Any:
         if hasattr(o, "__fingerprint__"):
             return o.__fingerprint__()
-        return asdict(o) if is_dataclass(o) else str(o)
+        return asdict(o) if is_dataclass(o) and not isinstance(o, type) else str(o)
 
     text = json.dumps(obj, sort_keys=True, default=encode)
     return hashlib.sha1(text.encode()).hexdigest()[:12]

@@ -25,6 +25,7 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -33,11 +34,17 @@ from cloak.errors import ConfigError
 from cloak.models import Components
 from cloak.units import from_vae, to_vae
 
+if TYPE_CHECKING:
+    # From its module: under a type checker, diffusers' top-level names are its torch-less placeholder classes.
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
 FINETUNE_METHODS = ("dreambooth", "lora")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LORA_UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' train_dreambooth_lora.py
 LORA_TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # its text-encoder adapters
 _ALL_PARTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+_Module = TypeVar("_Module", bound=torch.nn.Module)
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,7 @@ def _check_images(images: Tensor, name: str = "images") -> None:
 
 
 def _token_ids(components: Components, prompts: list[str]) -> Tensor:
-    tok = components.tokenizer
+    tok = components.require("tokenizer")
     ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     return ids.input_ids.to(components.device)
 
@@ -128,11 +135,11 @@ def _token_ids(components: Components, prompts: list[str]) -> Tensor:
 @torch.no_grad()
 def _posterior(components: Components, x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and std ``(N, 4, h, w)`` (float32, unscaled) of the VAE posterior q(z|x) of images in [0, 1]."""
-    post = components.vae.encode(to_vae(x.to(device=components.device, dtype=components.dtype))).latent_dist
+    post = components.require("vae").encode(to_vae(x.to(device=components.device, dtype=components.dtype))).latent_dist
     return post.mean.float(), post.std.float()
 
 
-def _as_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+def _as_dtype(model: _Module, dtype: torch.dtype) -> _Module:
     """Cast only when needed (diffusers warns on every ``.to(dtype)`` of a model)."""
     return model if next(model.parameters()).dtype == dtype else model.to(dtype)
 
@@ -141,7 +148,9 @@ def _seed_from(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=generator).item())
 
 
-def _add_lora(model: torch.nn.Module, rank: int, targets: tuple[str, ...], generator: torch.Generator) -> None:
+def _add_lora(
+    model: UNet2DConditionModel | CLIPTextModel, rank: int, targets: tuple[str, ...], generator: torch.Generator
+) -> None:
     """Add LoRA adapters (peft) to a diffusers or transformers model in place; only they require grad.
 
     peft draws the Gaussian init of A from torch's global generator: it runs under a forked global state seeded
@@ -159,15 +168,16 @@ def _add_lora(model: torch.nn.Module, rank: int, targets: tuple[str, ...], gener
 def _checkpointing(model: torch.nn.Module, on: bool) -> None:
     """Switch gradient (activation) checkpointing of a diffusers or transformers model."""
     if hasattr(model, "enable_gradient_checkpointing"):  # diffusers
-        (model.enable_gradient_checkpointing if on else model.disable_gradient_checkpointing)()
+        switch = "enable_gradient_checkpointing" if on else "disable_gradient_checkpointing"
     elif hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
-        (model.activation_checkpointing_enable if on else model.activation_checkpointing_disable)()
+        switch = "activation_checkpointing_enable" if on else "activation_checkpointing_disable"
     else:
-        (model.gradient_checkpointing_enable if on else model.gradient_checkpointing_disable)()
+        switch = "gradient_checkpointing_enable" if on else "gradient_checkpointing_disable"
+    getattr(model, switch)()
 
 
 def _optimizer(params: list[torch.nn.Parameter], config: FinetuneConfig) -> torch.optim.Optimizer:
-    kwargs = dict(lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, eps=1e-8)
+    kwargs: dict[str, Any] = dict(lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay, eps=1e-8)
     if not config.use_8bit_adam:
         return torch.optim.AdamW(params, **kwargs)
     try:
@@ -219,17 +229,18 @@ def finetune(
     if class_images is not None and config.prior_preservation:
         _check_images(class_images, "class_images")
     device, dtype = components.device, components.dtype
-    vae, scheduler = components.vae, components.scheduler
+    vae, scheduler = components.require("vae"), components.require("scheduler")
 
     mean, std = _posterior(components, images)
     if config.prior_preservation:
+        assert class_images is not None  # generated above when not passed in
         class_mean, class_std = _posterior(components, class_images)
 
     # The trained copies live in float32 (as diffusers' scripts keep trainable weights), whatever the caller's dtype.
-    unet = _as_dtype(copy.deepcopy(components.unet), torch.float32)
+    unet = _as_dtype(copy.deepcopy(components.require("unet")), torch.float32)
     text_encoder = None
     if config.train_text_encoder:
-        text_encoder = _as_dtype(copy.deepcopy(components.text_encoder), torch.float32)
+        text_encoder = _as_dtype(copy.deepcopy(components.require("text_encoder")), torch.float32)
     if config.method == "lora":
         _add_lora(unet, config.lora_rank, config.lora_targets, generator)
         if text_encoder is not None:
@@ -252,9 +263,9 @@ def finetune(
     ids = _token_ids(components, prompts)  # (1 or 2, 77)
     if text_encoder is None:
         with torch.no_grad():
-            frozen_emb = components.text_encoder(ids)[0].float()
-    scale = vae.config.scaling_factor
-    n_train = scheduler.config.num_train_timesteps
+            frozen_emb = components.require("text_encoder")(ids)[0].float()
+    scale = vae.config["scaling_factor"]
+    n_train = scheduler.config["num_train_timesteps"]
     b = config.batch_size
 
     def draw(m: Tensor, s: Tensor) -> Tensor:
@@ -268,8 +279,12 @@ def finetune(
             z0 = torch.cat([z0, draw(class_mean, class_std)])  # instance half, then class half
         noise = torch.randn(z0.shape, generator=generator).to(device)  # epsilon
         t = torch.randint(0, n_train, (z0.shape[0],), generator=generator).to(device)
-        zt = scheduler.add_noise(z0, noise, t)
-        target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z0, noise, t)
+        # diffusers annotates timesteps as the legacy torch.IntTensor; randint's int64 tensor is what it takes
+        zt = scheduler.add_noise(z0, noise, t)  # type: ignore[arg-type]
+        if scheduler.config["prediction_type"] == "epsilon":
+            target = noise
+        else:
+            target = scheduler.get_velocity(z0, noise, t)  # type: ignore[arg-type]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=config.mixed_precision != "no"):
             emb = text_encoder(ids)[0] if text_encoder is not None else frozen_emb
             emb = emb.repeat_interleave(b, dim=0)  # (b or 2b, 77, D): instance rows, then class rows
@@ -308,12 +323,13 @@ def _pipeline(components: Components, img2img: bool = False):
         text_encoder=components.text_encoder,
         tokenizer=components.tokenizer,
         unet=components.unet,
-        scheduler=DDIMScheduler.from_config(components.scheduler.config),
+        scheduler=DDIMScheduler.from_config(components.require("scheduler").config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
+    # A type checker sees diffusers' top-level names as its torch-less placeholder classes.
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[union-attr]
     return pipe
 
 
@@ -354,7 +370,7 @@ def generate(
     out = []
     for start in range(0, n, batch_size):
         k = min(batch_size, n - start)
-        shape = (k, components.unet.config.in_channels, r // f, r // f)
+        shape = (k, components.require("unet").config["in_channels"], r // f, r // f)
         latents = torch.randn(shape, generator=generator).to(device=components.device, dtype=components.dtype)
         images = pipe(
             [prompt] * k,
@@ -401,7 +417,7 @@ def img2img(
         raise ConfigError(f"`strength` must be in [0, 1], got {strength}.")
     x = images.to(device=components.device, dtype=components.dtype)
     if int(num_inference_steps * strength) < 1:
-        vae = components.vae
+        vae = components.require("vae")
         return from_vae(vae.decode(vae.encode(to_vae(x)).latent_dist.mean).sample).float().cpu()
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     pipe = _pipeline(components, img2img=True)

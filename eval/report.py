@@ -131,11 +131,11 @@ def svg_plot(
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">']
     out.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>')
-    for t in _ticks(x0, x1):
-        out.append(f'<text x="{sx(t):.1f}" y="{top + h + 14}" text-anchor="middle">{t:g}</text>')
-    for t in _ticks(y0, y1):
-        out.append(f'<line x1="{left}" x2="{left + w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    for tick in _ticks(x0, x1):
+        out.append(f'<text x="{sx(tick):.1f}" y="{top + h + 14}" text-anchor="middle">{tick:g}</text>')
+    for tick in _ticks(y0, y1):
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{sy(tick):.1f}" y2="{sy(tick):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 4}" y="{sy(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>')
     if y0 < 0 < y1:
         out.append(f'<line x1="{left}" x2="{left + w}" y1="{sy(0):.1f}" y2="{sy(0):.1f}" stroke="#666"/>')
     out.append(f'<text x="{left + w / 2}" y="{height - 6}" text-anchor="middle">{html.escape(xlabel)}</text>')

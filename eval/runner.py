@@ -390,6 +390,7 @@ class _Grid:
         gen_cfg = self.config.generation
         x = data.to_batch(train)
         if spec.kind == "img2img":
+            assert spec.strength is not None  # eval.config gives every img2img mimic a strength
             out = img2img(
                 self.components,
                 x,
@@ -400,6 +401,7 @@ class _Grid:
                 _stream(cell.seed, _SAMPLE),
             )
             return out, [spec.prompt] * out.shape[0]
+        assert spec.finetune is not None  # and every other mimic a fine-tune
         tuned = finetune(
             self.components,
             x,
@@ -432,8 +434,9 @@ class _Grid:
         row: dict[str, Any] = {"n_generated": int(images.shape[0]), "sharpness": M.sharpness(images)}
         if self.judge is not None and artist.style is not None and artist.style in self.judge.style_names:
             row["success"] = M.judge_success(self.judge, images, artist.style)
-        clip_feats = None if self.clip is None else M.clip_image_features(self.clip, images)
+        clip_feats = None
         if self.clip is not None:
+            clip_feats = M.clip_image_features(self.clip, images)
             text = M.clip_text_features(self.clip, self.clip_tokenizer, prompts)
             row["clip_score"] = M.clip_score(clip_feats, text)
         if self.judge is not None or self.clip is not None:
@@ -668,6 +671,7 @@ class _GridRun:
             raise
         gathered = gather((new_rows, failures))
         if node.is_main:
+            assert gathered is not None  # rank 0 gathers every rank's
             for their_rows, their_failures in gathered[1:]:
                 rows.update(their_rows)
                 failures += their_failures
@@ -694,6 +698,7 @@ class _GridRun:
             resumed = len(self.cells) - len(todo)
             task = bar.add_task(f"{node.label}cells", total=resumed + len(mine), completed=resumed)
             for cell in mine:
+                assert grid is not None  # there is a grid whenever there are cells to run
                 what = f"{cell.artist} {cell.defence} {cell.attack} {cell.mimic} s{cell.seed}"
                 bar.update(task, description=escape(what))
                 row, failure = self._run_cell(grid, cell)

@@ -54,14 +54,16 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
             costs[(r["artist"], r["defence"], r["attack"], r["mimic"])].append(r["attack_psnr"])
     scores = {k: list(v.values()) for k, v in by_seed.items()}
     means = {k: fmean(v) for k, v in scores.items()}
-    conditions = []
+    conditions: list[dict[str, Any]] = []
     for (artist, defence, attack, mimic), score in means.items():  # grid order: config order
         base = means.get((artist, CLEAN, NO_ATTACK, mimic))
-        effect = None if base is None else protection_effect(base, score)
         unattacked = means.get((artist, defence, NO_ATTACK, mimic))
+        effect = None
         retained = None
-        if defence != CLEAN and attack != NO_ATTACK and base is not None and unattacked is not None:
-            retained = retained_fraction(effect, protection_effect(base, unattacked))
+        if base is not None:
+            effect = protection_effect(base, score)
+            if defence != CLEAN and attack != NO_ATTACK and unattacked is not None:
+                retained = retained_fraction(effect, protection_effect(base, unattacked))
         conditions.append(
             {
                 "artist": artist,
@@ -80,9 +82,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     for r in rows:
         if r.get("status") == "ok":
             meta[(r["artist"], r["defence"])] = {"method": r.get("method"), "eps": r.get("eps")}
-            for key in ("vis_linf", "vis_psnr", "vis_ssim", "vis_lpips"):
-                if r.get(key) is not None:
-                    vis[(r["artist"], r["defence"])][key].append(r[key])
+            for figure in ("vis_linf", "vis_psnr", "vis_ssim", "vis_lpips"):
+                if r.get(figure) is not None:
+                    vis[(r["artist"], r["defence"])][figure].append(r[figure])
     defences = []
     groups: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
     for c in conditions:

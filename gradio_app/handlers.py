@@ -209,7 +209,7 @@ def time_full_size(
             stamps: list[float] = []
             start = time.perf_counter()
             outcome = run_job(
-                job, cloaker, seed=0, callback=lambda i, n, loss, at=stamps: at.append(time.perf_counter())
+                job, cloaker, seed=0, callback=lambda *_, at=stamps: at.append(time.perf_counter())
             )
             if outcome.status != "done":
                 return 0.0, 0.0  # no estimate beats a wrong one; the model's part is still counted
@@ -292,6 +292,7 @@ def extract_zip(archive: Path, dest: Path, label: str) -> tuple[list[Upload], li
                 ]
             for index, member in enumerate(members):
                 name = _safe_member_name(member.filename)
+                assert name is not None  # members were chosen by it
                 shown = f"{label}/{member.filename}"
                 if Path(name).suffix.lower() not in SUPPORTED_SUFFIXES:
                     messages.append(f"{shown}: skipped, not an image ({', '.join(sorted(SUPPORTED_SUFFIXES))}).")
@@ -587,6 +588,7 @@ def protect_uploads(
         archive = run_dir / "cloaked-images.zip"
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for item in done:
+                assert item.output is not None and item.sidecar is not None  # a done item has both
                 zf.write(item.output, item.output.name)
                 zf.write(item.sidecar, item.sidecar.name)
     shutil.rmtree(run_dir / "unpacked", ignore_errors=True)
