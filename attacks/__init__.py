@@ -106,8 +106,8 @@ def parse_spec(
             members.append(cls(components, lpips=lpips, **item.options))
         elif cls is NoisyUpscale:
             members.append(cls(components, pipeline=upscaler, prompt=prompt, **item.options))
-        elif issubclass(cls, (DiffPure, GridPure)):  # the other purifiers that need a model
-            members.append(cls(components, prompt=prompt, **item.options))
+        elif cls.needs:  # the other purifiers that need a model take it first, and a prompt
+            members.append(cls(components, prompt=prompt, **item.options))  # type: ignore[call-arg]
         else:
             members.append(cls(**item.options))
     return members[0] if len(members) == 1 else Chain(members)
