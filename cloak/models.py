@@ -63,7 +63,9 @@ class Components:
         """
         value = getattr(self, part)
         if value is None:
-            raise ConfigError(f"`components` of {self.name!r} lacks {part}; load it with this part.")
+            raise ConfigError(
+                f"the model {self.name!r} was loaded without its {part}; pass {part!r} in load_components' `parts`."
+            )
         return value
 
 

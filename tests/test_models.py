@@ -104,7 +104,8 @@ def test_require_returns_a_loaded_part_and_names_a_missing_one(tiny_components):
     from dataclasses import replace
 
     assert tiny_components.require("unet") is tiny_components.unet
-    with pytest.raises(ConfigError, match=r"^`components` of 'tiny' lacks unet; load it with this part\.$"):
+    message = r"^the model 'tiny' was loaded without its unet; pass 'unet' in load_components' `parts`\.$"
+    with pytest.raises(ConfigError, match=message):
         replace(tiny_components, unet=None).require("unet")
 
 
