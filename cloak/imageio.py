@@ -142,6 +142,7 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
     """
     path = Path(path)
     notes: list[str] = []
+    previews: list[str] = []  # the blocks whose preview thumbnail is left out, named in one note
     im: Image.Image  # as opened (an ImageFile), then turned upright (a plain Image) below
     try:
         with Image.open(path) as im:
@@ -151,7 +152,7 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
             exif = im.getexif()
             icc_profile = im.info.get("icc_profile") or None
             raw_exif = im.info.get("exif") or _raw_profile_exif(im)
-            kept = _kept_info(im, notes)
+            kept = _kept_info(im, notes, previews)
     except FileNotFoundError as e:
         raise ImageError(f"{path}: file not found.") from e
     except PermissionError as e:
@@ -181,7 +182,9 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
         notes.append(f"EXIF orientation {orientation!r} is not a valid value (1-8); the pixels are used as stored")
 
     rgb, alpha, grey = _to_arrays(path, im, rawmode, notes)
-    exif_bytes = _exif_to_keep(exif, raw_exif, source_format, strip_gps, notes)
+    exif_bytes = _exif_to_keep(exif, raw_exif, source_format, strip_gps, notes, previews)
+    if previews:
+        notes.append(_previews_note(previews))
     if source_format == "TIFF":
         exif_bytes = _tiff_authorship(exif, notes)
     return Artwork(
@@ -501,8 +504,9 @@ _RAW_EXIF_KEY = "Raw profile type exif"
 _TIFF_AUTHORSHIP = (270, 315, 33432)
 
 
-def _kept_info(im: Image.Image, notes: list[str]) -> dict[str, Any]:
-    """DPI, PNG text, XMP, JPEG comment and IPTC record of an opened image, for `Artwork`; notes what is not kept."""
+def _kept_info(im: Image.Image, notes: list[str], previews: list[str]) -> dict[str, Any]:
+    """DPI, PNG text, XMP, JPEG comment and IPTC record of an opened image, for `Artwork`; notes what is not kept
+    and adds to ``previews`` the blocks (XMP, Photoshop) whose preview thumbnail is left out."""
     kept: dict[str, Any] = {}
     dpi = im.info.get("dpi")
     if isinstance(dpi, tuple) and len(dpi) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in dpi):
@@ -517,7 +521,7 @@ def _kept_info(im: Image.Image, notes: list[str]) -> dict[str, Any]:
         xmp, removed = xmp_without_thumbnails(xmp)
         kept["xmp"] = xmp
         if removed:
-            notes.append(f"the XMP data's preview thumbnail was removed: {_UNCLOAKED_COPY}")
+            previews.append("XMP")
     comment = im.info.get("comment")
     if isinstance(comment, bytes) and comment:
         kept["comment"] = comment
@@ -532,18 +536,22 @@ def _kept_info(im: Image.Image, notes: list[str]) -> dict[str, Any]:
             "it (most editors also keep the copyright in the XMP and EXIF data, which are carried over)"
         )
     if resources.keys() & _PREVIEW_RESOURCES:
-        notes.append(f"the Photoshop data's preview thumbnail is not carried over: {_UNCLOAKED_COPY}")
+        previews.append("Photoshop")
     return kept
 
-
-# What the cloak would be worth if the cloaked file carried a small copy of the original picture.
-_UNCLOAKED_COPY = "it is an uncloaked copy of the picture"
 
 # Photoshop resources 0x0409 and 0x040C: thumbnails (Photoshop File Formats Specification, Image Resource IDs).
 _PREVIEW_RESOURCES = {0x0409, 0x040C}
 
 # An APP13 segment's payload: 65535 bytes less its length field and the "Photoshop 3.0" signature.
 _MAX_RESOURCES = 0xFFFF - 2 - 14
+
+
+def _previews_note(previews: list[str]) -> str:
+    """One note for the preview thumbnails left out, e.g. of ``["XMP", "EXIF"]``."""
+    where = previews[0] if len(previews) == 1 else ", ".join(previews[:-1]) + " and " + previews[-1]
+    what = "thumbnail" if len(previews) == 1 else "thumbnails"
+    return f"preview {what} removed from the {where} data: each is a small uncloaked copy of the picture"
 
 
 def _raw_profile_exif(im: Image.Image) -> bytes | None:
@@ -595,12 +603,13 @@ def _tiff_authorship(exif: Image.Exif, notes: list[str]) -> bytes | None:
 
 
 def _exif_to_keep(
-    exif: Image.Exif, raw: bytes | None, source_format: str, strip_gps: bool, notes: list[str]
+    exif: Image.Exif, raw: bytes | None, source_format: str, strip_gps: bool, notes: list[str], previews: list[str]
 ) -> bytes | None:
     """The EXIF block to write back: orientation reset to 1, GPS removed on request, the thumbnail dropped, else the
     original bytes.
 
-    TIFF files keep their tags in the file structure, not in an EXIF block; none is carried over from them.
+    TIFF files keep their tags in the file structure, not in an EXIF block; none is carried over from them. A
+    dropped thumbnail adds "EXIF" to ``previews``.
     """
     if source_format == "TIFF" or len(exif) == 0:
         return None
@@ -615,7 +624,7 @@ def _exif_to_keep(
         changed = True
     # Pillow writes IFD0 and its sub-directories, never IFD1: writing the block again drops the thumbnail.
     if raw is not None and exif_has_thumbnail(raw):
-        notes.append(f"the EXIF data's preview thumbnail was removed: {_UNCLOAKED_COPY}")
+        previews.append("EXIF")
         changed = True
     if raw is not None and not changed:
         return raw
