@@ -83,11 +83,12 @@ class BenchRow:
 
 
 def _latent(components: Components, x: Tensor) -> Tensor:
-    f = vae_scale_factor(components.vae)
+    vae = components.require("vae")
+    f = vae_scale_factor(vae)
     h, w = x.shape[-2:]
     x = F.pad(x, (0, (-w) % f, 0, (-h) % f), mode="replicate").to(components.device, components.dtype)
     with torch.no_grad():
-        return vae_latents(components.vae, x).float()
+        return vae_latents(vae, x).float()
 
 
 def shift_removed(

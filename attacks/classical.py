@@ -35,7 +35,7 @@ def _on_uint8(x: Tensor, fn: Callable[[np.ndarray], np.ndarray]) -> Tensor:
     return torch.stack(out).to(device=x.device, dtype=x.dtype) / 255.0
 
 
-def _pil_codec(rgb: np.ndarray, fmt: str, **options) -> np.ndarray:
+def _pil_codec(rgb: np.ndarray, fmt: str, **options: int) -> np.ndarray:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format=fmt, **options)
     buffer.seek(0)
@@ -283,5 +283,15 @@ class AdverseCleaner(Purifier):
         Param("eps", float, 16.0, low=0, low_open=True, unit="squared 0-255 units"),
     )
 
-    def purify(self, x: Tensor, **params) -> Tensor:
-        return adverse_cleaner(x, **params)
+    def purify(
+        self,
+        x: Tensor,
+        bilateral_passes: int,
+        diameter: int,
+        sigma_color: float,
+        sigma_space: float,
+        guided_passes: int,
+        radius: int,
+        eps: float,
+    ) -> Tensor:
+        return adverse_cleaner(x, bilateral_passes, diameter, sigma_color, sigma_space, guided_passes, radius, eps)

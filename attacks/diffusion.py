@@ -55,7 +55,7 @@ def _pad(x: Tensor, multiple: int) -> Tensor:
 
 
 def _multiple(components: Components) -> int:
-    return vae_scale_factor(components.vae) * 8
+    return vae_scale_factor(components.require("vae")) * 8
 
 
 def prompt_embeddings(components: Components, prompt: str, batch: int) -> Tensor:
@@ -362,7 +362,7 @@ def impress(
         ``(B, 3, H, W)`` in [0, 1], on ``x``'s device and dtype.
     """
     h, w = x.shape[-2:]
-    vae = components.vae
+    vae = components.require("vae")
     views = plan_views(h, w, resolution=components.resolution, multiple=vae_scale_factor(vae))
     target = x.detach().to(components.device, components.dtype)
     bound = eps_to_unit(eps)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -14,6 +15,13 @@ from rich.markup import escape
 
 from cloak import __version__
 from cloak.testbed.cli import app as testbed_app
+
+if TYPE_CHECKING:  # annotations only: `cloak --help` imports neither torch nor numpy
+    import numpy as np
+    import torch
+    from rich.progress import TaskID
+
+    from cloak.protect import CloakConfig
 
 # Kept as literals (not imported from cloak.models and attacks) so that `cloak --help` does not import torch; a test
 # keeps PURIFIERS equal to the registry's names.
@@ -136,7 +144,18 @@ def protect(
         raise typer.Exit(130) from None
 
 
-def _protect_all(inputs, out, config, preset, fmt, model, device, seed, overwrite, strip_gps) -> None:
+def _protect_all(
+    inputs: list[str],
+    out: Path,
+    config: CloakConfig,
+    preset: str,
+    fmt: str,
+    model: str,
+    device: str,
+    seed: int,
+    overwrite: bool,
+    strip_gps: bool,
+) -> None:
     """The body of ``cloak protect`` once its options are checked; raises typer.Exit with the exit code."""
     import torch
 
@@ -177,10 +196,11 @@ def _protect_all(inputs, out, config, preset, fmt, model, device, seed, overwrit
         except ConfigError as err:
             raise _usage_error(str(err)) from None
 
-        def measure_lpips(a, b) -> float:
+        def measure_lpips(a: np.ndarray, b: np.ndarray) -> float:
             from cloak.imageio import to_tensor
             from cloak.metrics import lpips_distance
 
+            assert lpips_model is not None  # run_job is given measure_lpips only when there is a model
             dev = components.device
             return round(lpips_distance(lpips_model, to_tensor(a).to(dev), to_tensor(b).to(dev)), 5)
 
@@ -193,7 +213,7 @@ def _protect_all(inputs, out, config, preset, fmt, model, device, seed, overwrit
             for job in mine:
                 current = progress.add_task(f"  {escape(job.source.name)}", total=config.steps)
 
-                def step(i: int, n: int, loss: float, task=current) -> None:
+                def step(i: int, n: int, loss: float, task: TaskID = current) -> None:
                     progress.update(task, completed=i)
 
                 with torch.inference_mode(False):
@@ -345,7 +365,7 @@ def _check_writable(out: Path) -> None:
         ) from None
 
 
-def _lpips_for(device, *, needed: bool):
+def _lpips_for(device: torch.device, *, needed: bool) -> torch.nn.Module | None:
     """LPIPS for the budget (downloads its weights if needed) or, when cached, for the sidecar's metric."""
     from cloak.errors import ModelNotFoundError
     from cloak.models import load_lpips

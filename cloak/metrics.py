@@ -59,7 +59,7 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
-def lpips_distance(model, a: torch.Tensor, b: torch.Tensor) -> float:
+def lpips_distance(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor) -> float:
     """LPIPS (Zhang et al. 2018) between (1, 3, H, W) images in [0, 1] (lower = more similar; about 0-1)."""
     from cloak.units import to_lpips
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     # From their modules: under a type checker, diffusers' top-level names are its torch-less placeholder classes.
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import StableDiffusionUpscalePipeline
     from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -265,7 +266,9 @@ def _classify(model: str) -> tuple[str, str]:
     return "hub", model
 
 
-def _load_part(part: str, source: str, local_files_only: bool, dtype: torch.dtype):
+def _load_part(
+    part: str, source: str, local_files_only: bool, dtype: torch.dtype
+) -> AutoencoderKL | UNet2DConditionModel | CLIPTextModel | CLIPTokenizer | DDPMScheduler:
     """Load one part from the subfolder `part` of a diffusers folder or hub id; OSError when files are missing."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -407,7 +410,7 @@ UPSCALER_MODEL = "stabilityai/stable-diffusion-x4-upscaler"  # the upscaler of H
 
 def load_upscaler(
     model: str = UPSCALER_MODEL, device: torch.device | str = "auto", dtype: torch.dtype | None = None
-):
+) -> StableDiffusionUpscalePipeline:
     """A diffusers ``StableDiffusionUpscalePipeline`` (SD x4 by default), for the ``noisy_upscale`` purifier.
 
     The cache is tried first, as `load_components` does; a hub id that is not cached goes online after the probe.
@@ -424,7 +427,9 @@ def load_upscaler(
         ConfigError: unknown device or dtype, or a ``model`` that is neither a folder nor a hub id.
         ModelNotFoundError: weights neither cached nor reachable, or a folder that is not such a pipeline; one line.
     """
-    from diffusers import StableDiffusionUpscalePipeline
+    # From its module: `load` below is annotated with it, and diffusers' top-level name is, under a type checker, its
+    # torch-less placeholder class.
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import StableDiffusionUpscalePipeline
 
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     torch_dtype = _check_dtype(dtype)
@@ -435,7 +440,7 @@ def load_upscaler(
     if kind == "file":
         raise ConfigError(f"upscaler {model!r}: a single-file checkpoint cannot be loaded as an upscaler; {hint}.")
 
-    def load(local: bool):
+    def load(local: bool) -> StableDiffusionUpscalePipeline:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
             # diffusers passes `torch_dtype` on to transformers 5, which renamed it; a warning for their authors.

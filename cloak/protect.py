@@ -249,7 +249,9 @@ class Cloaker:
         lpips_model: an ``lpips.LPIPS`` model, needed when ``config.lpips_bound`` is set.
     """
 
-    def __init__(self, components: Components, config: CloakConfig, *, lpips_model=None) -> None:
+    def __init__(
+        self, components: Components, config: CloakConfig, *, lpips_model: torch.nn.Module | None = None
+    ) -> None:
         if config.lpips_bound is not None and lpips_model is None:
             raise ConfigError("`lpips_bound` is set but no LPIPS model was given (cloak.models.load_lpips).")
         self.components = components
@@ -258,7 +260,7 @@ class Cloaker:
         self.lpips_model = lpips_model
         self.autocast = default_autocast(components.device) if config.autocast is None else config.autocast
 
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         return torch.autocast(self.components.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
     def protect(
@@ -320,6 +322,7 @@ class Cloaker:
                     if cfg.lpips_bound is not None:
                         from cloak.units import to_lpips
 
+                        assert self.lpips_model is not None  # __init__ refuses an lpips_bound without a model
                         dist = self.lpips_model(to_lpips(render_view(leaf, view)), to_lpips(clean)).mean()
                         loss = loss + cfg.lpips_weight * torch.relu(dist - cfg.lpips_bound)
                 loss.backward()

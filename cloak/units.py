@@ -6,9 +6,15 @@ Public tensors are float ``(B, 3, H, W)`` in ``[0, 1]``. Users give L-inf budget
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from cloak.errors import ConfigError
+
+if TYPE_CHECKING:
+    # From its module: under a type checker, diffusers' top-level names are its torch-less placeholder classes.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
 # CLIP's image normalisation (OpenAI CLIP and open_clip's OpenAI-pretrained models).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -47,7 +53,7 @@ def from_vae(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-def to_clip(x: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+def to_clip(x: torch.Tensor, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
     """[0, 1] image -> CLIP's normalised input (resizing is the caller's job)."""
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -59,12 +65,12 @@ def to_lpips(x: torch.Tensor) -> torch.Tensor:
     return x * 2.0 - 1.0
 
 
-def vae_scale_factor(vae) -> int:
+def vae_scale_factor(vae: AutoencoderKL) -> int:
     """Pixels per latent cell of a diffusers ``AutoencoderKL`` (8 for SD-1.x)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
+    return 2 ** (len(vae.config["block_out_channels"]) - 1)
 
 
-def vae_latents(vae, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def vae_latents(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Encode a [0, 1] image to the diffusion model's latent space (scaled as the UNet sees it).
 
     Args:
@@ -77,14 +83,14 @@ def vae_latents(vae, x: torch.Tensor, generator: torch.Generator | None = None) 
     """
     dist = vae.encode(to_vae(x)).latent_dist
     z = dist.mean if generator is None else dist.sample(generator=generator)
-    return z * vae.config.scaling_factor
+    return z * vae.config["scaling_factor"]
 
 
-def vae_roundtrip(vae, x: torch.Tensor) -> torch.Tensor:
+def vae_roundtrip(vae: AutoencoderKL, x: torch.Tensor) -> torch.Tensor:
     """``D(E[q(z|x)])``: a [0, 1] image through the VAE and back (differentiable; not clamped), as IMPRESS compares.
 
     Args:
         vae: a diffusers ``AutoencoderKL``.
         x: (B, 3, H, W) in [0, 1]; H and W multiples of the VAE scale factor.
     """
-    return from_vae(vae.decode(vae_latents(vae, x) / vae.config.scaling_factor).sample)
+    return from_vae(vae.decode(vae_latents(vae, x) / vae.config["scaling_factor"]).sample)

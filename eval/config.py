@@ -62,10 +62,13 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloak.errors import ConfigError
 from eval.mimics import FinetuneConfig
+
+if TYPE_CHECKING:
+    from cloak.protect import CloakConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,13 +160,16 @@ class DefenceSpec:
         values = dataclasses.asdict(self)
         return {k: v for k, v in values.items() if not (k in _LATER_OPTIONS and v is None)}
 
-    def cloak_config(self):
+    def cloak_config(self) -> CloakConfig:
         """The ``cloak.protect.CloakConfig`` of a cloak computed here."""
         from cloak.protect import CloakConfig
 
+        # `method` and `eps` are None in a DefenceSpec made without them (defaults that serve `precomputed`); they go
+        # as they are, for CloakConfig to refuse in its own words. The step rule's fields left unset take its defaults.
+        settings: dict[str, Any] = {"method": self.method, "eps": self.eps}
+        step_rule = (("schedule", self.schedule), ("random_start", self.random_start))
+        settings.update((k, v) for k, v in step_rule if v is not None)
         return CloakConfig(
-            method=self.method,
-            eps=self.eps,
             steps=self.steps,
             step_size=self.step_size,
             eot=self.eot,
@@ -171,8 +177,7 @@ class DefenceSpec:
             min_psnr=self.min_psnr,
             smooth=self.smooth,
             options=dict(self.options),
-            # unset: CloakConfig's own defaults
-            **{k: v for k, v in (("schedule", self.schedule), ("random_start", self.random_start)) if v is not None},
+            **settings,
         )
 
 

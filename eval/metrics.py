@@ -9,7 +9,8 @@ Mimicry (how well the mimic copies the artist): ``judge_success`` (testbed), ``s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,10 @@ from cloak import metrics as pixel_metrics
 from cloak.errors import ConfigError
 from cloak.metrics import frechet_distance  # noqa: F401  (re-exported: one implementation, in cloak)
 from cloak.units import to_clip
+
+if TYPE_CHECKING:
+    from cloak.models import OpenClip
+    from cloak.testbed.judge import Judge
 
 __all__ = [
     "clip_image_features",
@@ -36,7 +41,7 @@ __all__ = [
 ]
 
 
-def judge_success(judge, images: Tensor, style: str) -> float:
+def judge_success(judge: Judge, images: Tensor, style: str) -> float:
     """Fraction of ``images`` the style judge names as ``style``: the testbed's mimicry success rate.
 
     Args:
@@ -75,7 +80,7 @@ def style_similarity(feats: Tensor, ref_feats: Tensor) -> float:
 
 
 @torch.no_grad()
-def clip_image_features(clip, images: Tensor, batch_size: int = 32) -> Tensor:
+def clip_image_features(clip: OpenClip, images: Tensor, batch_size: int = 32) -> Tensor:
     """L2-normalised CLIP image embeddings ``(B, D)`` of ``images`` ``(B, 3, H, W)`` in [0, 1].
 
     Args:
@@ -89,21 +94,19 @@ def clip_image_features(clip, images: Tensor, batch_size: int = 32) -> Tensor:
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size].to(device=p.device, dtype=p.dtype)
         x = torch.nn.functional.interpolate(x, size=clip.image_size, mode=clip.interpolation, antialias=True)
-        out.append(
-            torch.nn.functional.normalize(
-                clip.model.encode_image(to_clip(x.clamp(0, 1), clip.mean, clip.std)).float(), dim=1
-            )
-        )
+        # torch types a Module's attributes as Tensor | Module; encode_image is a method of open_clip's CLIP
+        image = to_clip(x.clamp(0, 1), clip.mean, clip.std)
+        out.append(torch.nn.functional.normalize(clip.model.encode_image(image).float(), dim=1))  # type: ignore[operator]
     return torch.cat(out).cpu()
 
 
 @torch.no_grad()
-def clip_text_features(clip, tokenizer, prompts: Sequence[str]) -> Tensor:
+def clip_text_features(clip: OpenClip, tokenizer: Callable[[list[str]], Tensor], prompts: Sequence[str]) -> Tensor:
     """L2-normalised CLIP text embeddings ``(len(prompts), D)``; ``tokenizer`` is ``open_clip.get_tokenizer``'s."""
     p = next(clip.model.parameters())
-    return torch.nn.functional.normalize(
-        clip.model.encode_text(tokenizer(list(prompts)).to(p.device)).float(), dim=1
-    ).cpu()
+    # torch types a Module's attributes as Tensor | Module; encode_text is a method of open_clip's CLIP
+    text = clip.model.encode_text(tokenizer(list(prompts)).to(p.device))  # type: ignore[operator]
+    return torch.nn.functional.normalize(text.float(), dim=1).cpu()
 
 
 def clip_score(image_feats: Tensor, text_feats: Tensor) -> float:
@@ -146,7 +149,7 @@ def sharpness(images: Tensor) -> float:
 
 
 def visibility(
-    clean: Sequence[np.ndarray], protected: Sequence[np.ndarray], lpips_model=None
+    clean: Sequence[np.ndarray], protected: Sequence[np.ndarray], lpips_model: torch.nn.Module | None = None
 ) -> dict[str, float | None]:
     """How visible a protection is on the training images, on the 8-bit files (``cloak.metrics``).
 

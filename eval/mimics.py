@@ -37,6 +37,8 @@ from cloak.units import from_vae, to_vae
 if TYPE_CHECKING:
     # From its module: under a type checker, diffusers' top-level names are its torch-less placeholder classes.
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import StableDiffusionImg2ImgPipeline
     from transformers import CLIPTextModel
 
 FINETUNE_METHODS = ("dreambooth", "lora")
@@ -314,7 +316,9 @@ def finetune(
     )
 
 
-def _pipeline(components: Components, img2img: bool = False):
+def _pipeline(
+    components: Components, img2img: bool = False
+) -> StableDiffusionPipeline | StableDiffusionImg2ImgPipeline:
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     cls = StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
@@ -328,9 +332,9 @@ def _pipeline(components: Components, img2img: bool = False):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    # A type checker sees diffusers' top-level names as its torch-less placeholder classes.
+    # A type checker sees diffusers' top-level names as its torch-less placeholder classes, hence the two ignores.
     pipe.set_progress_bar_config(disable=True)  # type: ignore[union-attr]
-    return pipe
+    return pipe  # type: ignore[return-value]
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,6 +56,10 @@ from eval.config import (
 )
 from eval.mimics import finetune, generate, img2img
 from eval.summary import CLEAN, NO_ATTACK, summarise
+
+if TYPE_CHECKING:
+    from cloak.models import OpenClip
+    from cloak.testbed.judge import Judge
 
 CSV_COLUMNS = (
     "artist",
@@ -247,7 +251,7 @@ class _Grid:
         self._purifiers: dict[str, Any] = {}
         self._visibility: dict[tuple[str, str, int], dict[str, float | None]] = {}
 
-    def _load_judge(self):
+    def _load_judge(self) -> Judge | None:
         from cloak.models import TESTBED
         from cloak.testbed.judge import load_judge
 
@@ -262,7 +266,7 @@ class _Grid:
             return load_judge(self.components.device, folder)
         return load_judge(self.components.device, Path(spec).expanduser())
 
-    def _load_clip(self):
+    def _load_clip(self) -> tuple[OpenClip | None, Callable[[list[str]], torch.Tensor] | None]:
         spec = self.config.metrics.clip
         if not spec:
             return None, None
@@ -436,6 +440,7 @@ class _Grid:
             row["success"] = M.judge_success(self.judge, images, artist.style)
         clip_feats = None
         if self.clip is not None:
+            assert self.clip_tokenizer is not None  # _load_clip loads it with the model
             clip_feats = M.clip_image_features(self.clip, images)
             text = M.clip_text_features(self.clip, self.clip_tokenizer, prompts)
             row["clip_score"] = M.clip_score(clip_feats, text)
@@ -456,6 +461,7 @@ class _Grid:
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         if self.judge is not None:
             return self.judge.features(images).float().cpu()
+        assert self.clip is not None  # callers ask for features only when there is a judge or CLIP
         return M.clip_image_features(self.clip, images)
 
     def run_cell(self, cell: Cell) -> dict[str, Any]:

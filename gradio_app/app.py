@@ -11,6 +11,8 @@ import os
 import shutil
 import signal
 import sys
+from types import FrameType
+from typing import Any
 
 import gradio as gr
 
@@ -40,15 +42,38 @@ def _preset_text() -> str:
 
 def build_app(backend: Backend) -> gr.Blocks:
     """The page, wired to ``backend`` (loaded model). Every handler only reads ``backend``."""
+    # gradio evaluates the handlers' annotations (typing.get_type_hints) to find its own special arguments: every
+    # name in them must exist at run time in this module.
 
-    def on_preset(preset: str):
+    def on_preset(preset: str) -> tuple[str, float, int]:
         p = PRESETS[preset]
         return p.method, p.eps, p.steps
 
-    def on_estimate(files, preset, method, eps, steps) -> str:
+    def on_estimate(
+        files: list[str] | None, preset: str, method: str | None, eps: float | None, steps: int | None
+    ) -> str:
         return handlers.estimate(backend, files, preset, method, eps, steps)
 
-    def on_protect(files, preset, method, eps, steps, seed, progress=gr.Progress()):  # noqa: B008 (gradio's API)
+    def on_protect(
+        files: list[str] | None,
+        preset: str,
+        method: str | None,
+        eps: float | None,
+        steps: int | None,
+        seed: float | int | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's API)
+    ) -> tuple[
+        str,
+        list[list[Any]],
+        list[tuple[str, str]],
+        str | None,
+        str | None,
+        str | None,
+        str,
+        str | None,
+        list[str] | None,
+        list[handlers.ItemResult],
+    ]:
         try:
             report = handlers.protect_uploads(backend, files, preset, method, eps, steps, seed, progress=progress)
         except ConfigError as err:
@@ -65,7 +90,9 @@ def build_app(backend: Backend) -> gr.Blocks:
             done,
         )
 
-    def on_select(done, evt: gr.SelectData):
+    def on_select(
+        done: list[handlers.ItemResult], evt: gr.SelectData
+    ) -> tuple[str | None, str | None, str | None, str]:
         return handlers.detail(done[evt.index])
 
     image_types = sorted(SUPPORTED_SUFFIXES) + [".zip"]
@@ -236,5 +263,5 @@ def launch(
         shutil.rmtree(backend.work_root, ignore_errors=True)
 
 
-def _interrupt(signum, frame) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt

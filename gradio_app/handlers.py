@@ -36,6 +36,7 @@ from cloak.presets import PRESETS, method_label
 
 if TYPE_CHECKING:
     from cloak.models import Components
+    from cloak.protect import CloakConfig, Cloaker
 
 # Limits on what a .zip may unpack to (checked while reading, not trusted from the archive's header).
 ZIP_MAX_MEMBERS = 1000  # files per archive
@@ -237,7 +238,7 @@ def time_step(components: Components, method: str, options: Mapping[str, Any] | 
     return (stamps[1] - stamps[0]) / view_pixels(cloaker, side, side)
 
 
-def view_pixels(cloaker, height: int, width: int) -> int:
+def view_pixels(cloaker: Cloaker, height: int, width: int) -> int:
     """Pixels the model evaluates per step for an image of this size (all views together)."""
     from cloak.views import plan_views
 
@@ -359,7 +360,7 @@ def expand_uploads(paths: Sequence[str | Path], dest: Path) -> tuple[list[Upload
     return uploads, messages
 
 
-def make_config(preset: str, method: str | None, eps: float | None, steps: int | None):
+def make_config(preset: str, method: str | None, eps: float | None, steps: int | None) -> CloakConfig:
     """The cloak's settings: the preset with the advanced fields on top. Raises ``ConfigError`` with the reason."""
     from cloak.protect import CloakConfig
 
@@ -391,7 +392,7 @@ def format_duration(seconds: float) -> str:
     return f"about {hours} h" + (f" {rest} min" if rest else "")
 
 
-def estimate_seconds(backend: Backend, sizes: Sequence[tuple[int, int]], config) -> float | None:
+def estimate_seconds(backend: Backend, sizes: Sequence[tuple[int, int]], config: CloakConfig) -> float | None:
     """Seconds the cloak of images of these ``(width, height)`` sizes should take here; None if not timed.
 
     Scales the step time measured at start-up for ``config.method`` with ``config.options`` by the pixels the model

@@ -50,14 +50,15 @@ class AdvDM(Objective):
         self, components: Components, prompt: str = "a painting", samples: int = 1, minimise: bool = False
     ) -> None:
         super().__init__(components)
-        prediction_type(components.scheduler)
+        prediction_type(components.require("scheduler"))
         self.samples = positive_int(samples, "samples", self.name)
         if not isinstance(minimise, bool):
             raise ConfigError(f"`minimise` ({self.name} option) must be true or false, got {minimise!r}.")
         self.minimise = minimise
         self.prompt = prompt
         self.unet: torch.nn.Module = components.require("unet")  # the model attacked (ASPL swaps in its surrogate)
-        self.prompt_embeds = encode_prompt(components.text_encoder, components.tokenizer, prompt)  # c: (1, 77, D)
+        te, tok = components.require("text_encoder"), components.require("tokenizer")
+        self.prompt_embeds = encode_prompt(te, tok, prompt)  # c: (1, 77, D)
 
     def target(self, x: torch.Tensor, generator: torch.Generator) -> None:
         """Nothing to precompute: the objective is untargeted."""
@@ -65,8 +66,9 @@ class AdvDM(Objective):
 
     def diffusion_loss(self, x_adv: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``L_DM``: the denoising MSE on a posterior sample of ``E(x_adv)``; draws z, then t, then eps."""
-        z = vae_latents(self.components.vae, x_adv, generator)
-        return denoising_loss(self.unet, self.components.scheduler, z, self.prompt_embeds, generator, self.samples)
+        z = vae_latents(self.components.require("vae"), x_adv, generator)
+        scheduler = self.components.require("scheduler")
+        return denoising_loss(self.unet, scheduler, z, self.prompt_embeds, generator, self.samples)
 
     def loss(self, x_adv: torch.Tensor, target: None, generator: torch.Generator) -> torch.Tensor:
         value = self.diffusion_loss(x_adv, generator)

@@ -79,7 +79,7 @@ class ASPL(AdvDM):
         if not isinstance(train_text_encoder, bool):
             raise ConfigError(f"`train_text_encoder` (aspl option) must be true or false, got {train_text_encoder!r}.")
         self.learning_rate = learning_rate
-        self._ids = prompt_ids(components.tokenizer, prompt).to(components.device)
+        self._ids = prompt_ids(components.require("tokenizer"), prompt).to(components.device)
         parts: dict[str, torch.nn.Module] = {"unet": components.require("unet")}
         if train_text_encoder:
             parts["text_encoder"] = components.require("text_encoder")
@@ -119,7 +119,7 @@ class ASPL(AdvDM):
 
     def _finetune(self, models: torch.nn.ModuleDict, images: list[torch.Tensor], generator: torch.Generator) -> None:
         """DreamBooth instance loss, ``finetune_steps`` AdamW steps, one image per step in turn."""
-        vae, scheduler = self.components.vae, self.components.scheduler
+        vae, scheduler = self.components.require("vae"), self.components.require("scheduler")
         params = list(models.parameters())
         models.requires_grad_(True)
         optimizer = torch.optim.AdamW(params, lr=self.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)

@@ -41,7 +41,7 @@ class Objective:
     @property
     def multiple(self) -> int:
         """View sizes must be multiples of this, px (the VAE factor; times the UNet's when a UNet is used)."""
-        factor = vae_scale_factor(self.components.vae)
+        factor = vae_scale_factor(self.components.require("vae"))
         if "unet" in self.needs:
             factor *= 2 ** (len(self.components.require("unet").config["block_out_channels"]) - 1)
         return factor

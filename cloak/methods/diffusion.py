@@ -23,6 +23,10 @@ from cloak.errors import ConfigError
 from cloak.units import from_vae, vae_latents
 
 if TYPE_CHECKING:
+    # From its module: under a type checker, diffusers' top-level names are its torch-less placeholder classes.
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
     from cloak.models import Components
 
 #: The model parts every diffusion-loss method needs.
@@ -36,7 +40,7 @@ def positive_int(value: object, name: str, method: str) -> int:
     return value
 
 
-def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
+def prompt_ids(tokenizer: CLIPTokenizer, prompt: str) -> torch.Tensor:
     """Token ids of ``prompt``, padded/truncated to the tokenizer's length (77 for CLIP): (1, 77) long, on CPU."""
     if not isinstance(prompt, str):
         raise ConfigError(f"`prompt` must be a string, got {prompt!r}.")
@@ -45,7 +49,7 @@ def prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
     ).input_ids
 
 
-def encode_prompt(text_encoder, tokenizer, prompt: str) -> torch.Tensor:
+def encode_prompt(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, prompt: str) -> torch.Tensor:
     """The text condition ``c``: the text encoder's last hidden states for ``prompt``, (1, 77, D), no grad."""
     with torch.no_grad():
         return text_encoder(prompt_ids(tokenizer, prompt).to(text_encoder.device))[0]
@@ -68,41 +72,44 @@ class Noised:
     timesteps: torch.Tensor
 
 
-def add_noise(scheduler, latents: torch.Tensor, generator: torch.Generator, samples: int = 1) -> Noised:
+def add_noise(scheduler: DDPMScheduler, latents: torch.Tensor, generator: torch.Generator, samples: int = 1) -> Noised:
     """Draw ``samples`` pairs ``t ~ U{0, ..., T-1}``, ``eps ~ N(0, I)`` and noise ``latents`` (1, C, h, w) with each.
 
     Draw order (t first, then eps) is fixed so that methods sharing a generator seed draw the same values.
     """
     shape = (samples, *latents.shape[1:])
-    t = torch.randint(0, scheduler.config.num_train_timesteps, shape[:1], generator=generator, device=generator.device)
+    n_train = scheduler.config["num_train_timesteps"]
+    t = torch.randint(0, n_train, shape[:1], generator=generator, device=generator.device)
     eps = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
     t, eps = t.to(latents.device), eps.to(latents.device, latents.dtype)
     z = latents.expand(shape)
-    return Noised(latents=z, noisy=scheduler.add_noise(z, eps, t), noise=eps, timesteps=t)
+    # diffusers annotates timesteps as the legacy torch.IntTensor; randint's int64 tensor is what it takes
+    return Noised(latents=z, noisy=scheduler.add_noise(z, eps, t), noise=eps, timesteps=t)  # type: ignore[arg-type]
 
 
-def prediction_type(scheduler) -> str:
+def prediction_type(scheduler: DDPMScheduler) -> str:
     """What the UNet predicts, ``"epsilon"`` or ``"v_prediction"`` (SD-2.x 768), validated."""
-    kind = scheduler.config.prediction_type
+    kind = scheduler.config["prediction_type"]
     if kind not in ("epsilon", "v_prediction"):
         raise ConfigError(f"scheduler `prediction_type` must be 'epsilon' or 'v_prediction', got {kind!r}.")
     return kind
 
 
-def training_target(scheduler, noised: Noised) -> torch.Tensor:
+def training_target(scheduler: DDPMScheduler, noised: Noised) -> torch.Tensor:
     """What the UNet is trained to predict: ``eps``, or ``v = sqrt(a_t) eps - sqrt(1 - a_t) z`` for v-prediction."""
     if prediction_type(scheduler) == "epsilon":
         return noised.noise
-    return scheduler.get_velocity(noised.latents, noised.noise, noised.timesteps)
+    # diffusers annotates timesteps as the legacy torch.IntTensor; the int64 timesteps are what it takes
+    return scheduler.get_velocity(noised.latents, noised.noise, noised.timesteps)  # type: ignore[arg-type]
 
 
-def unet_prediction(unet, noised: Noised, prompt_embeds: torch.Tensor) -> torch.Tensor:
+def unet_prediction(unet: torch.nn.Module, noised: Noised, prompt_embeds: torch.Tensor) -> torch.Tensor:
     """The UNet's raw output for ``noised`` under the condition ``prompt_embeds`` (1, 77, D): (n, C, h, w)."""
     c = prompt_embeds.expand(noised.noisy.shape[0], -1, -1)
     return unet(noised.noisy, noised.timesteps, encoder_hidden_states=c).sample
 
 
-def predicted_noise(scheduler, noised: Noised, prediction: torch.Tensor) -> torch.Tensor:
+def predicted_noise(scheduler: DDPMScheduler, noised: Noised, prediction: torch.Tensor) -> torch.Tensor:
     """``eps_theta`` from the UNet's output: itself, or ``sqrt(a_t) v + sqrt(1 - a_t) z_t`` for v-prediction."""
     if prediction_type(scheduler) == "epsilon":
         return prediction
@@ -111,7 +118,12 @@ def predicted_noise(scheduler, noised: Noised, prediction: torch.Tensor) -> torc
 
 
 def denoising_loss(
-    unet, scheduler, latents: torch.Tensor, prompt_embeds: torch.Tensor, generator: torch.Generator, samples: int = 1
+    unet: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    generator: torch.Generator,
+    samples: int = 1,
 ) -> torch.Tensor:
     """The diffusion training loss ``E_{t, eps} ||eps_theta(z_t, t, c) - eps||^2`` (mean over draws and elements).
 
@@ -131,7 +143,9 @@ def denoising_loss(
     return F.mse_loss(prediction.float(), training_target(scheduler, noised).float())
 
 
-def sdedit_settings(strength: object, num_inference_steps: object, guidance_scale: object, method: str):
+def sdedit_settings(
+    strength: object, num_inference_steps: object, guidance_scale: object, method: str
+) -> tuple[float, int, float]:
     """Validate a method's SDEdit options: ``(strength, num_inference_steps, guidance_scale)`` as (float, int, float).
 
     ``strength`` in (0, 1], ``num_inference_steps`` a positive int, ``guidance_scale`` >= 1, and at least one

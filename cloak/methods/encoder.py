@@ -77,14 +77,14 @@ class EncoderAttack(Objective):
         self.sign = 1.0 if direction == "toward" else -1.0
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        vae = self.components.vae
+        vae = self.components.require("vae")
         return vae_roundtrip(vae, x) if self.space == "pixel" else vae_latents(vae, x)
 
     def target(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.sign < 0:  # away from the artwork's own latent (or its round trip)
             return self._embed(x).detach()
         pattern = target_image(self.target_name, x.shape[-2], x.shape[-1], period=self.period).to(x.device, x.dtype)
-        return pattern if self.space == "pixel" else vae_latents(self.components.vae, pattern).detach()
+        return pattern if self.space == "pixel" else vae_latents(self.components.require("vae"), pattern).detach()
 
     def loss(self, x_adv: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.sign * F.mse_loss(self._embed(x_adv).float(), target.float())

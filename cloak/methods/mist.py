@@ -74,7 +74,7 @@ class Mist(EncoderAttack):
         semantic: str = "advdm",
     ) -> None:
         super().__init__(components, target=target, period=period)
-        prediction_type(components.scheduler)
+        prediction_type(components.require("scheduler"))
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0:
             raise ConfigError(f"`weight` (mist option) must be a number >= 0, got {weight!r}.")
         self.weight = float(weight)
@@ -83,14 +83,16 @@ class Mist(EncoderAttack):
             choices = ", ".join(SEMANTIC_TERMS)
             raise ConfigError(f"`semantic` (mist option) must be one of {choices}, got {semantic!r}.")
         self.semantic = semantic
-        self.prompt_embeds = encode_prompt(components.text_encoder, components.tokenizer, prompt)  # c: (1, 77, D)
+        te, tok = components.require("text_encoder"), components.require("tokenizer")
+        self.prompt_embeds = encode_prompt(te, tok, prompt)  # c: (1, 77, D)
 
     def loss(self, x_adv: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         c = self.components
-        z = vae_latents(c.vae, x_adv, generator)  # one posterior sample for both terms
+        unet, scheduler = c.require("unet"), c.require("scheduler")
+        z = vae_latents(c.require("vae"), x_adv, generator)  # one posterior sample for both terms
         textural = F.mse_loss(z.float(), target.float())
         if self.semantic == "sds-":
-            sds = sds_surrogate(c.unet, c.scheduler, z, self.prompt_embeds, generator, self.samples)
+            sds = sds_surrogate(unet, scheduler, z, self.prompt_embeds, generator, self.samples)
             return textural + self.weight * sds
-        semantic = denoising_loss(c.unet, c.scheduler, z, self.prompt_embeds, generator, self.samples)
+        semantic = denoising_loss(unet, scheduler, z, self.prompt_embeds, generator, self.samples)
         return textural - self.weight * semantic

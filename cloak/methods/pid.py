@@ -28,13 +28,16 @@ from cloak.methods.base import Objective
 from cloak.units import to_vae
 
 if TYPE_CHECKING:
+    # From its module: under a type checker, diffusers' top-level names are its torch-less placeholder classes.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
     from cloak.models import Components
 
 #: Values of the ``terms`` option.
 TERMS = ("both", "mean", "var")
 
 
-def posterior_moments(vae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def posterior_moments(vae: AutoencoderKL, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and log-variance (unscaled, float32) of the VAE posterior q(z|x) of a [0, 1] image batch."""
     dist = vae.encode(to_vae(x)).latent_dist
     return dist.mean.float(), dist.logvar.float()
@@ -60,13 +63,13 @@ class PID(Objective):
         self.use_var = terms in ("both", "var")
 
     def target(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = posterior_moments(self.components.vae, x)
+        mean, logvar = posterior_moments(self.components.require("vae"), x)
         return mean.detach(), logvar.detach()
 
     def loss(
         self, x_adv: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor], generator: torch.Generator
     ) -> torch.Tensor:
-        mean, logvar = posterior_moments(self.components.vae, x_adv)
+        mean, logvar = posterior_moments(self.components.require("vae"), x_adv)
         total = mean.new_zeros(())
         if self.use_mean:
             total = total + F.mse_loss(mean, target[0])

@@ -88,7 +88,7 @@ class EditAttack(Objective):
         space: str = "pixel",
     ) -> None:
         super().__init__(components)
-        prediction_type(components.scheduler)
+        prediction_type(components.require("scheduler"))
         strengths = strength if isinstance(strength, (list, tuple)) else [strength]
         if not strengths:
             raise ConfigError("`strength` (sdedit option) must be a number or a non-empty list of numbers, got [].")
@@ -102,7 +102,7 @@ class EditAttack(Objective):
             raise ConfigError(f"`space` (sdedit option) must be one of {', '.join(SPACES)}, got {space!r}.")
         check_target(target, period)
         self.target_name, self.period, self.checkpoint, self.space = target, period, checkpoint, space
-        te, tok = components.text_encoder, components.tokenizer
+        te, tok = components.require("text_encoder"), components.require("tokenizer")
         self.prompt_embeds = encode_prompt(te, tok, prompt)
         self.negative_embeds = encode_prompt(te, tok, "")
 
@@ -110,7 +110,7 @@ class EditAttack(Objective):
         pattern = target_image(self.target_name, x.shape[-2], x.shape[-1], period=self.period).to(x.device, x.dtype)
         if self.space == "pixel":
             return pattern
-        return vae_latents(self.components.vae, pattern).detach()
+        return vae_latents(self.components.require("vae"), pattern).detach()
 
     def draw_strength(self, generator: torch.Generator) -> float:
         """The strength of one noise draw: the only one, or one of several uniformly (no draw is spent on one)."""

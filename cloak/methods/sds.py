@@ -28,6 +28,9 @@ from cloak.methods.diffusion import add_noise, predicted_noise, unet_prediction
 from cloak.units import vae_latents
 
 if TYPE_CHECKING:
+    # From its module: under a type checker, diffusers' top-level names are its torch-less placeholder classes.
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+
     from cloak.models import Components
 
 
@@ -51,13 +54,19 @@ class SDS(AdvDM):
         super().__init__(components, prompt=prompt, samples=samples, minimise=minimise)
 
     def loss(self, x_adv: torch.Tensor, target: None, generator: torch.Generator) -> torch.Tensor:
-        z = vae_latents(self.components.vae, x_adv, generator).float()  # the only graph: x_adv -> E -> z
-        surrogate = sds_surrogate(self.unet, self.components.scheduler, z, self.prompt_embeds, generator, self.samples)
+        z = vae_latents(self.components.require("vae"), x_adv, generator).float()  # the only graph: x_adv -> E -> z
+        scheduler = self.components.require("scheduler")
+        surrogate = sds_surrogate(self.unet, scheduler, z, self.prompt_embeds, generator, self.samples)
         return surrogate if self.minimise else -surrogate
 
 
 def sds_surrogate(
-    unet, scheduler, z: torch.Tensor, prompt_embeds: torch.Tensor, generator: torch.Generator, samples: int = 1
+    unet: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    z: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    generator: torch.Generator,
+    samples: int = 1,
 ) -> torch.Tensor:
     """``L_DM`` at ``z`` with the score-distillation gradient: its value is the denoising MSE over ``samples``
     (t, eps) draws, its gradient w.r.t. ``z`` is ``2 (eps_theta - eps) / numel(z)`` (the UNet runs under no_grad).

@@ -139,8 +139,8 @@ class StyleCloak(Objective):
             raise ConfigError(f"style option decoy='sdedit' needs the model parts {missing}, which were not loaded.")
         self.sdedit = decoy == "sdedit" or (decoy == "auto" and not missing)
         if self.sdedit:
-            prediction_type(components.scheduler)
-            te, tok = components.text_encoder, components.tokenizer
+            prediction_type(components.require("scheduler"))
+            te, tok = components.require("text_encoder"), components.require("tokenizer")
             self.decoy_embeds = encode_prompt(te, tok, decoy_prompt)
             self.negative_embeds = encode_prompt(te, tok, "")
         self.clip = None
@@ -152,7 +152,7 @@ class StyleCloak(Objective):
     @property
     def multiple(self) -> int:
         """The VAE factor; times the UNet's when the decoy is rendered by SDEdit."""
-        factor = vae_scale_factor(self.components.vae)
+        factor = vae_scale_factor(self.components.require("vae"))
         if self.sdedit:
             factor *= 2 ** (len(self.components.require("unet").config["block_out_channels"]) - 1)
         return factor
@@ -185,12 +185,12 @@ class StyleCloak(Objective):
 
     def target(self, x: torch.Tensor, generator: torch.Generator) -> StyleTarget:
         decoy = self.decoy(x)
-        latent = vae_latents(self.components.vae, decoy)
+        latent = vae_latents(self.components.require("vae"), decoy)
         clip = self._clip_features(decoy) if self.clip is not None else None
         return StyleTarget(decoy=decoy.detach(), latent=latent.detach(), clip=clip)
 
     def loss(self, x_adv: torch.Tensor, target: StyleTarget, generator: torch.Generator) -> torch.Tensor:
-        loss = F.mse_loss(vae_latents(self.components.vae, x_adv).float(), target.latent.float())
+        loss = F.mse_loss(vae_latents(self.components.require("vae"), x_adv).float(), target.latent.float())
         if self.clip is not None:
             assert target.clip is not None  # `target` sets it when there is a CLIP model
             loss = loss + self.clip_weight * (1.0 - (self._clip_features(x_adv) * target.clip).sum())

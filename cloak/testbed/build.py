@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,14 @@ from torch import Tensor
 from cloak.errors import ConfigError
 from cloak.testbed.artists import HELD_OUT, SEEN, STYLES, caption, paint
 from cloak.testbed.judge import Judge, JudgeConfig, JudgeNet
+
+if TYPE_CHECKING:
+    # From their modules: under a type checker, diffusers' top-level names are its torch-less placeholder classes.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 Progress = Callable[[str, int, int], None]
 """Progress callback: (stage name, step done, total steps)."""
@@ -115,7 +124,7 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-def _autocast(cfg: BuildConfig):
+def _autocast(cfg: BuildConfig) -> torch.autocast:
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
 
 
@@ -131,9 +140,9 @@ def make_dataset(styles: tuple[str, ...], n: int, size: int, seed_offset: int = 
     return torch.from_numpy(np.stack(images)), captions, torch.tensor(labels)
 
 
-def make_vae(cfg: BuildConfig):
+def make_vae(cfg: BuildConfig) -> AutoencoderKL:
     """An untrained ``AutoencoderKL`` with 4 latent channels."""
-    from diffusers import AutoencoderKL
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL  # from its module, as under TYPE_CHECKING
 
     n = len(cfg.vae_channels)
     return AutoencoderKL(
@@ -149,9 +158,9 @@ def make_vae(cfg: BuildConfig):
     )
 
 
-def make_unet(cfg: BuildConfig):
+def make_unet(cfg: BuildConfig) -> UNet2DConditionModel:
     """An untrained ``UNet2DConditionModel`` with cross-attention to the text encoder's hidden states."""
-    from diffusers import UNet2DConditionModel
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # from its module, as above
 
     n = len(cfg.unet_channels)
     factor = 2 ** (len(cfg.vae_channels) - 1)
@@ -171,7 +180,7 @@ def make_unet(cfg: BuildConfig):
     )
 
 
-def make_text_encoder(cfg: BuildConfig):
+def make_text_encoder(cfg: BuildConfig) -> CLIPTextModel:
     """An untrained ``CLIPTextModel`` over the full CLIP vocabulary (49408 tokens, 77 positions)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -189,9 +198,11 @@ def make_text_encoder(cfg: BuildConfig):
     return CLIPTextModel(config)
 
 
-def make_schedulers():
+def make_schedulers() -> tuple[DDPMScheduler, DDIMScheduler]:
     """SD's training schedule (DDPM, 1000 steps, scaled-linear betas 0.00085..0.012) and its DDIM sampler."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    # From their modules, as under TYPE_CHECKING.
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
     common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     ddpm = DDPMScheduler(**common, clip_sample=False)
@@ -199,12 +210,14 @@ def make_schedulers():
     return ddpm, ddim
 
 
-def train_vae(vae, images: Tensor, cfg: BuildConfig, gen: torch.Generator, progress: Progress) -> None:
+def train_vae(vae: AutoencoderKL, images: Tensor, cfg: BuildConfig, gen: torch.Generator, progress: Progress) -> None:
     """Reconstruction (L1 + MSE on [-1, 1]) + a tiny KL, on random crops with flips."""
     with torch.no_grad():
         # Start the posterior narrow (std ~0.02): with diffusers' default init the latents are sampled with std ~1
         # and a short training spends most of its steps learning to shrink it (SD's trained VAE is narrow too).
-        vae.quant_conv.bias[vae.config.latent_channels :] = -8.0
+        quant_conv = vae.quant_conv
+        assert quant_conv is not None and quant_conv.bias is not None  # make_vae's VAE has one (diffusers' default)
+        quant_conv.bias[vae.config["latent_channels"] :] = -8.0
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     vae.train()
     n, side, crop = images.shape[0], images.shape[-1], min(cfg.vae_crop, images.shape[-1])
@@ -229,7 +242,7 @@ def train_vae(vae, images: Tensor, cfg: BuildConfig, gen: torch.Generator, progr
 
 
 @torch.no_grad()
-def encode(vae, images: Tensor, batch: int = 256) -> tuple[Tensor, Tensor]:
+def encode(vae: AutoencoderKL, images: Tensor, batch: int = 256) -> tuple[Tensor, Tensor]:
     """Posterior mean and std ``(N, 4, h, w)`` of images in [0, 1] (unscaled latents)."""
     means, stds = [], []
     for i in range(0, images.shape[0], batch):
@@ -240,7 +253,7 @@ def encode(vae, images: Tensor, batch: int = 256) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def reconstruct(vae, images: Tensor, batch: int = 256) -> Tensor:
+def reconstruct(vae: AutoencoderKL, images: Tensor, batch: int = 256) -> Tensor:
     """VAE decode(encode mean) of images in [0, 1], back in [0, 1]."""
     out = []
     for i in range(0, images.shape[0], batch):
@@ -290,10 +303,10 @@ def train_judge(
 
 
 def train_unet(
-    unet,
-    text_encoder,
-    tokenizer,
-    ddpm,
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    ddpm: DDPMScheduler,
     latents: tuple[Tensor, Tensor],
     captions: list[str],
     scaling: float,
@@ -320,8 +333,9 @@ def train_unet(
         drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.uncond_prob
         tok = torch.where(drop[:, None], empty, ids[idx])
         noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, ddpm.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
-        zt = ddpm.add_noise(z0, noise, t)
+        t = torch.randint(0, ddpm.config["num_train_timesteps"], (cfg.unet_batch,), generator=gen)
+        # diffusers annotates timesteps as the legacy torch.IntTensor; randint's int64 tensor is what it takes
+        zt = ddpm.add_noise(z0, noise, t)  # type: ignore[arg-type]
         with _autocast(cfg):
             emb = text_encoder(tok)[0]
             pred = unet(zt, t, emb).sample.float()
@@ -441,7 +455,7 @@ def build(
     return record
 
 
-def _reuse_vae_and_judge(src: Path, out: Path, cfg: BuildConfig):
+def _reuse_vae_and_judge(src: Path, out: Path, cfg: BuildConfig) -> tuple[AutoencoderKL, float]:
     """Load ``src``'s VAE (checked against ``cfg``) and copy its judge into ``out``; returns (vae, scaling)."""
     from diffusers import AutoencoderKL
 
