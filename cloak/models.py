@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 import torch
 
@@ -427,9 +427,7 @@ def load_upscaler(
         ConfigError: unknown device or dtype, or a ``model`` that is neither a folder nor a hub id.
         ModelNotFoundError: weights neither cached nor reachable, or a folder that is not such a pipeline; one line.
     """
-    # From its module: `load` below is annotated with it, and diffusers' top-level name is, under a type checker, its
-    # torch-less placeholder class.
-    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_upscale import StableDiffusionUpscalePipeline
+    from diffusers import StableDiffusionUpscalePipeline as Upscaler  # the top-level name: the module layout may move
 
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     torch_dtype = _check_dtype(dtype)
@@ -445,14 +443,14 @@ def load_upscaler(
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
             # diffusers passes `torch_dtype` on to transformers 5, which renamed it; a warning for their authors.
             warnings.filterwarnings("ignore", message=".*torch_dtype.* is deprecated", category=FutureWarning)
-            return StableDiffusionUpscalePipeline.from_pretrained(
-                source, local_files_only=local, torch_dtype=torch_dtype
-            )
+            pipe = Upscaler.from_pretrained(source, local_files_only=local, torch_dtype=torch_dtype)
+            # a type checker reads diffusers' top-level names as placeholder classes
+            return cast("StableDiffusionUpscalePipeline", pipe)
 
     if kind == "folder":
         try:
             pipe = load(True)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, KeyError) as err:  # KeyError: a model_index.json that names no pipeline
             raise ModelNotFoundError(
                 f"cannot load an upscaler pipeline from the folder {source}: {str(err).strip().splitlines()[0]}"
             ) from None

@@ -591,6 +591,9 @@ def test_noisy_upscale_upscaler_that_cannot_load_fails_with_one_line(tmp_path, m
     (tmp_path / "not-a-pipeline").mkdir()
     with pytest.raises(ModelNotFoundError, match=r"cannot load an upscaler pipeline from the folder"):
         parse_spec(f"noisy_upscale:upscaler={tmp_path / 'not-a-pipeline'}", None)
+    (tmp_path / "not-a-pipeline" / "model_index.json").write_text("{}")  # names no pipeline class
+    with pytest.raises(ModelNotFoundError, match=r"cannot load an upscaler pipeline from the folder"):
+        parse_spec(f"noisy_upscale:upscaler={tmp_path / 'not-a-pipeline'}", None)
     with pytest.raises(ConfigError, match="the testbed has no upscaler"):
         parse_spec("noisy_upscale:upscaler=testbed", None)
 

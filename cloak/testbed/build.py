@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -142,10 +142,10 @@ def make_dataset(styles: tuple[str, ...], n: int, size: int, seed_offset: int = 
 
 def make_vae(cfg: BuildConfig) -> AutoencoderKL:
     """An untrained ``AutoencoderKL`` with 4 latent channels."""
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL  # from its module, as under TYPE_CHECKING
+    from diffusers import AutoencoderKL as Vae  # the top-level name: diffusers' module layout may move
 
     n = len(cfg.vae_channels)
-    return AutoencoderKL(
+    vae = Vae(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * n,
@@ -156,15 +156,16 @@ def make_vae(cfg: BuildConfig) -> AutoencoderKL:
         norm_num_groups=16 if min(cfg.vae_channels) % 16 == 0 else 8,
         sample_size=cfg.resolution,
     )
+    return cast("AutoencoderKL", vae)  # a type checker reads diffusers' top-level names as placeholder classes
 
 
 def make_unet(cfg: BuildConfig) -> UNet2DConditionModel:
     """An untrained ``UNet2DConditionModel`` with cross-attention to the text encoder's hidden states."""
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel  # from its module, as above
+    from diffusers import UNet2DConditionModel as UNet  # the top-level name, as in make_vae
 
     n = len(cfg.unet_channels)
     factor = 2 ** (len(cfg.vae_channels) - 1)
-    return UNet2DConditionModel(
+    unet = UNet(
         sample_size=cfg.resolution // factor,
         in_channels=4,
         out_channels=4,
@@ -178,6 +179,7 @@ def make_unet(cfg: BuildConfig) -> UNet2DConditionModel:
         attention_head_dim=8,
         norm_num_groups=16,
     )
+    return cast("UNet2DConditionModel", unet)
 
 
 def make_text_encoder(cfg: BuildConfig) -> CLIPTextModel:
@@ -200,14 +202,13 @@ def make_text_encoder(cfg: BuildConfig) -> CLIPTextModel:
 
 def make_schedulers() -> tuple[DDPMScheduler, DDIMScheduler]:
     """SD's training schedule (DDPM, 1000 steps, scaled-linear betas 0.00085..0.012) and its DDIM sampler."""
-    # From their modules, as under TYPE_CHECKING.
-    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+    from diffusers import DDIMScheduler as Ddim  # the top-level names, as in make_vae
+    from diffusers import DDPMScheduler as Ddpm
 
     common = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    ddpm = DDPMScheduler(**common, clip_sample=False)
-    ddim = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return ddpm, ddim
+    ddpm = Ddpm(**common, clip_sample=False)
+    ddim = Ddim(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return cast("DDPMScheduler", ddpm), cast("DDIMScheduler", ddim)
 
 
 def train_vae(vae: AutoencoderKL, images: Tensor, cfg: BuildConfig, gen: torch.Generator, progress: Progress) -> None:
