@@ -1,6 +1,6 @@
 """Metadata blocks that `cloak.imageio` carries from an artwork to its cloaked copy, byte-level parts.
 
-Two jobs, both about what an artist expects of a protected file:
+Three jobs, all about what an artist expects of a protected file:
 
 - **No unprotected copy rides along.** Cameras, Photoshop and Lightroom embed a small preview of the picture in
   the EXIF block (its second image directory, IFD1), in the XMP packet (``xmp:Thumbnails``) and in the Photoshop
