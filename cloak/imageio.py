@@ -38,10 +38,13 @@ from PIL import ExifTags, Image, ImageFile, PngImagePlugin, TiffImagePlugin, Uni
 
 from cloak.errors import ConfigError, ImageError
 from cloak.metadata import (
+    PREVIEW_RESOURCES,
     RIGHTS_RESOURCES,
     exif_has_thumbnail,
     jpeg_with_resources,
+    photoshop_resources,
     raw_profile,
+    raw_profile_text,
     resource_block,
     xmp_upright,
     xmp_without_thumbnails,
@@ -497,7 +500,8 @@ def _split(pixels: np.ndarray, grey: bool) -> tuple[np.ndarray, np.ndarray | Non
 # PNG text chunk keys Pillow reads but that are not the artist's text: the XMP packet has its own field, and the
 # EXIF block that ImageMagick keeps as hex text is read into the EXIF one (and written as an eXIf chunk).
 _XMP_KEY = "XML:com.adobe.xmp"
-_RAW_EXIF_KEY = "Raw profile type exif"
+_RAW_PROFILE = "Raw profile type "
+_RAW_EXIF_KEY = _RAW_PROFILE + "exif"
 
 # TIFF tags that say who made the picture and who holds its rights (TIFF 6.0 baseline tags 270 and 315, and
 # 33432 Copyright): the only ones carried from a TIFF, whose other tags describe its file layout.
@@ -513,7 +517,11 @@ def _kept_info(im: Image.Image, notes: list[str], previews: list[str]) -> dict[s
         kept["dpi"] = (float(dpi[0]), float(dpi[1]))
     text = getattr(im, "text", None) if im.format == "PNG" else None
     if text:
-        kept["text"] = tuple((str(k), str(v)) for k, v in text.items() if k not in (_XMP_KEY, _RAW_EXIF_KEY))
+        kept["text"] = tuple(
+            (str(k), _without_previews(str(k), str(v), previews))
+            for k, v in text.items()
+            if k not in (_XMP_KEY, _RAW_EXIF_KEY)
+        )
     xmp = im.info.get("xmp")
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
@@ -535,20 +543,39 @@ def _kept_info(im: Image.Image, notes: list[str], previews: list[str]) -> dict[s
             "the file's IPTC record (File Info) is written back into JPEG outputs only; PNG and WebP cannot hold "
             "it (most editors also keep the copyright in the XMP and EXIF data, which are carried over)"
         )
-    if resources.keys() & _PREVIEW_RESOURCES:
+    if resources.keys() & set(PREVIEW_RESOURCES):
         previews.append("Photoshop")
     return kept
 
-
-# Photoshop resources 0x0409 and 0x040C: thumbnails (Photoshop File Formats Specification, Image Resource IDs).
-_PREVIEW_RESOURCES = {0x0409, 0x040C}
 
 # An APP13 segment's payload: 65535 bytes less its length field and the "Photoshop 3.0" signature.
 _MAX_RESOURCES = 0xFFFF - 2 - 14
 
 
+def _without_previews(key: str, value: str, previews: list[str]) -> str:
+    """A PNG text chunk's value, without the thumbnail in the XMP or Photoshop data ImageMagick keeps as hex text
+    ("Raw profile type xmp" / "8bim"); adds the block to ``previews`` when one is taken out."""
+    kind = key[len(_RAW_PROFILE) :].lower() if key.startswith(_RAW_PROFILE) else ""
+    data = raw_profile(value) if kind in ("xmp", "8bim") else None
+    if data is None:
+        return value
+    if kind == "xmp":
+        data, removed = xmp_without_thumbnails(data)
+        if not removed:
+            return value
+        previews.append("XMP")
+    else:
+        resources = photoshop_resources(data)
+        if resources is None or not resources.keys() & set(PREVIEW_RESOURCES):
+            return value
+        data = resource_block({rid: v for rid, v in resources.items() if rid not in PREVIEW_RESOURCES})
+        previews.append("Photoshop")
+    return raw_profile_text(kind, data)
+
+
 def _previews_note(previews: list[str]) -> str:
     """One note for the preview thumbnails left out, e.g. of ``["XMP", "EXIF"]``."""
+    previews = list(dict.fromkeys(previews))  # a block named twice (XMP in a PNG's two XMP chunks) once
     where = previews[0] if len(previews) == 1 else ", ".join(previews[:-1]) + " and " + previews[-1]
     what = "thumbnail" if len(previews) == 1 else "thumbnails"
     return f"preview {what} removed from the {where} data: each is a small uncloaked copy of the picture"

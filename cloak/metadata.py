@@ -7,7 +7,8 @@ Three jobs, all about what an artist expects of a protected file:
   resource block (resources 0x0409 and 0x040C). Written back unchanged, the cloaked file would carry an uncloaked
   miniature of the artwork. `exif_has_thumbnail` finds the EXIF one (`cloak.imageio` then writes the EXIF block
   again without it), `xmp_without_thumbnails` removes the XMP ones, and only rights resources are taken from the
-  Photoshop block.
+  Photoshop block. ImageMagick keeps the same blocks in a PNG as hex text (`raw_profile`, `raw_profile_text`); their
+  previews go too (`photoshop_resources` reads the Photoshop one).
 - **The IPTC record is kept.** Editors' "File Info" (creator, copyright notice, caption, keywords) lives in the
   IPTC-IIM record inside the Photoshop resource block of a JPEG's APP13 segment. Pillow reads that block but cannot
   write it; `jpeg_with_resources` adds it to a JPEG Pillow has written.
@@ -115,6 +116,38 @@ def raw_profile(text: str) -> bytes | None:
     except (IndexError, ValueError):
         return None
     return data if len(data) == length else None
+
+
+def raw_profile_text(name: str, data: bytes) -> str:
+    """``data`` as ImageMagick writes a binary profile into a PNG text chunk: name, length, hex in lines of 72."""
+    hexed = data.hex()
+    lines = "\n".join(hexed[i : i + 72] for i in range(0, len(hexed), 72))
+    return f"\n{name}\n{len(data):8d}\n{lines}\n"
+
+
+PREVIEW_RESOURCES: tuple[int, ...] = (0x0409, 0x040C)
+"""Photoshop resources that hold a thumbnail of the picture (Photoshop File Formats Specification, Image Resource
+IDs): uncloaked copies, never carried."""
+
+
+def photoshop_resources(block: bytes) -> dict[int, bytes] | None:
+    """The resources of a Photoshop image resource block (``8BIM`` records), id -> data; None when malformed."""
+    out: dict[int, bytes] = {}
+    at = 0
+    try:
+        while at < len(block):
+            if block[at : at + 4] != b"8BIM":
+                return None
+            (rid,) = struct.unpack_from(">H", block, at + 4)
+            name_length = block[at + 6]
+            at += 6 + 1 + name_length
+            at += at % 2  # the Pascal name, length byte included, is padded to an even length
+            (size,) = struct.unpack_from(">I", block, at)
+            out[rid] = block[at + 4 : at + 4 + size]
+            at += 4 + size + size % 2
+    except (struct.error, IndexError):
+        return None
+    return out
 
 
 def _prefixes(text: str, namespace: str) -> set[str]:

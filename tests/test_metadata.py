@@ -263,3 +263,35 @@ def test_imagemagick_png_exif_is_carried_as_exif_without_its_thumbnail(tmp_path:
     assert THUMB not in (tmp_path / "out.png").read_bytes()
     with Image.open(tmp_path / "out.png") as im:
         assert im.getexif()[0x013B] == "Ada Painter" and "Raw profile type exif" not in im.info
+
+
+def test_photoshop_resources_parse_names_and_padding_and_refuse_junk() -> None:
+    named = b"8BIM\x04\x04\x03abc" + struct.pack(">I", 3) + b"xyz\x00"  # name "abc": 4 bytes with its length, even
+    named += b"8BIM\x04\x0c\x00\x00" + struct.pack(">I", 2) + b"th"
+    assert metadata.photoshop_resources(named) == {0x0404: b"xyz", 0x040C: b"th"}
+    built = metadata.resource_block({0x0404: b"abc", 0x040C: PREVIEW})
+    assert metadata.photoshop_resources(built) == {0x0404: b"abc", 0x040C: PREVIEW}
+    for junk in (b"8BI", b"8BIM\x04\x04", b"XXXX" + built[4:]):
+        assert metadata.photoshop_resources(junk) is None
+    assert metadata.raw_profile(metadata.raw_profile_text("8bim", built)) == built
+
+
+def test_imagemagick_png_profiles_lose_their_previews_and_keep_the_rest(tmp_path: Path) -> None:
+    from PIL import PngImagePlugin
+
+    record = iptc_record(copyright=b"(c) Ada Painter")
+    xmp = xmp_packet(RIGHTS + THUMBNAILS.format(p="xmp"))
+    info = PngImagePlugin.PngInfo()
+    block = metadata.resource_block({0x0404: record, 0x040C: PREVIEW})
+    info.add_text("Raw profile type 8bim", _imagemagick_profile("8bim", block))
+    info.add_text("Raw profile type xmp", _imagemagick_profile("xmp", xmp))
+    info.add_text("Raw profile type iptc", _imagemagick_profile("iptc", record))
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "in.png", pnginfo=info)
+    art = load_artwork(tmp_path / "in.png")
+    assert "preview thumbnails removed from the Photoshop and XMP data: each is a small uncloaked copy" in art.notes[0]
+    save_artwork(tmp_path / "out.png", art.rgb, art)
+    with Image.open(tmp_path / "out.png") as im:
+        text = {k: metadata.raw_profile(v) for k, v in im.info.items() if k.startswith("Raw profile type")}
+    assert metadata.photoshop_resources(text["Raw profile type 8bim"]) == {0x0404: record}
+    assert text["Raw profile type xmp"] == xmp_packet(RIGHTS)
+    assert text["Raw profile type iptc"] == record
