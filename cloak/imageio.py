@@ -553,13 +553,21 @@ _MAX_RESOURCES = 0xFFFF - 2 - 14
 
 
 def _without_previews(key: str, value: str, previews: list[str]) -> str:
-    """A PNG text chunk's value, without the thumbnail in the XMP or Photoshop data ImageMagick keeps as hex text
-    ("Raw profile type xmp" / "8bim"); adds the block to ``previews`` when one is taken out."""
+    """A PNG text chunk's value, without the thumbnail in the XMP, Photoshop or EXIF data ImageMagick keeps as hex
+    text ("Raw profile type xmp" / "8bim" / "app1", older versions' EXIF); adds the block to ``previews`` when one is
+    taken out."""
     kind = key[len(_RAW_PROFILE) :].lower() if key.startswith(_RAW_PROFILE) else ""
-    data = raw_profile(value) if kind in ("xmp", "8bim") else None
+    data = raw_profile(value) if kind in ("xmp", "8bim", "app1") else None
     if data is None:
         return value
-    if kind == "xmp":
+    if kind == "app1":
+        if not (data.startswith(b"Exif\x00\x00") and exif_has_thumbnail(data)):
+            return value
+        exif = Image.Exif()
+        exif.load(data)
+        data = exif.tobytes()  # IFD0 and its sub-directories: Pillow never writes IFD1
+        previews.append("EXIF")
+    elif kind == "xmp":
         data, removed = xmp_without_thumbnails(data)
         if not removed:
             return value
@@ -570,7 +578,7 @@ def _without_previews(key: str, value: str, previews: list[str]) -> str:
             return value
         data = resource_block({rid: v for rid, v in resources.items() if rid not in PREVIEW_RESOURCES})
         previews.append("Photoshop")
-    return raw_profile_text(kind, data)
+    return raw_profile_text(key[len(_RAW_PROFILE) :], data)  # the profile's name as the key spells it
 
 
 def _previews_note(previews: list[str]) -> str:

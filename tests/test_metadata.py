@@ -286,12 +286,15 @@ def test_imagemagick_png_profiles_lose_their_previews_and_keep_the_rest(tmp_path
     info.add_text("Raw profile type 8bim", _imagemagick_profile("8bim", block))
     info.add_text("Raw profile type xmp", _imagemagick_profile("xmp", xmp))
     info.add_text("Raw profile type iptc", _imagemagick_profile("iptc", record))
+    info.add_text("Raw profile type APP1", _imagemagick_profile("APP1", exif_with_thumbnail()))
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "in.png", pnginfo=info)
     art = load_artwork(tmp_path / "in.png")
-    assert "preview thumbnails removed from the Photoshop and XMP data: each is a small uncloaked copy" in art.notes[0]
+    assert "thumbnails removed from the Photoshop, XMP and EXIF data: each is a small uncloaked copy" in art.notes[0]
     save_artwork(tmp_path / "out.png", art.rgb, art)
     with Image.open(tmp_path / "out.png") as im:
         text = {k: metadata.raw_profile(v) for k, v in im.info.items() if k.startswith("Raw profile type")}
     assert metadata.photoshop_resources(text["Raw profile type 8bim"]) == {0x0404: record}
     assert text["Raw profile type xmp"] == xmp_packet(RIGHTS)
     assert text["Raw profile type iptc"] == record
+    app1 = text["Raw profile type APP1"]
+    assert app1 is not None and not metadata.exif_has_thumbnail(app1) and THUMB not in app1 and b"Ada Painter" in app1
