@@ -38,9 +38,11 @@ from PIL import ExifTags, Image, ImageFile, PngImagePlugin, TiffImagePlugin, Uni
 
 from cloak.errors import ConfigError, ImageError
 from cloak.metadata import (
+    JPEG_SEGMENT_BYTES,
     PREVIEW_RESOURCES,
     RIGHTS_RESOURCES,
     exif_has_thumbnail,
+    fits_one_segment,
     jpeg_with_resources,
     photoshop_resources,
     raw_profile,
@@ -305,9 +307,9 @@ def check_format(artwork: Artwork, format: str) -> None:
             )
 
 
-# A JPEG marker segment holds 65533 bytes after its length field; the XMP one begins with its 29-byte namespace.
-_JPEG_MAX_EXIF = 65533
-_JPEG_MAX_XMP = 65533 - len(b"http://ns.adobe.com/xap/1.0/\x00")
+# The EXIF block fills its segment; the XMP one begins with its 29-byte namespace.
+_JPEG_MAX_EXIF = JPEG_SEGMENT_BYTES
+_JPEG_MAX_XMP = JPEG_SEGMENT_BYTES - len(b"http://ns.adobe.com/xap/1.0/\x00")
 
 
 def channels_equal(rgb: np.ndarray) -> bool:
@@ -535,7 +537,7 @@ def _kept_info(im: Image.Image, notes: list[str], previews: list[str]) -> dict[s
         kept["comment"] = comment
     resources = _photoshop_resources(im)
     rights = {rid: data for rid, data in resources.items() if rid in RIGHTS_RESOURCES}
-    if len(resource_block(rights)) > _MAX_RESOURCES:
+    if not fits_one_segment(rights):
         notes.append("the file's IPTC record (File Info) is too large for one JPEG segment and is not carried over")
     elif rights:
         kept["photoshop"] = tuple(sorted(rights.items()))
@@ -543,13 +545,9 @@ def _kept_info(im: Image.Image, notes: list[str], previews: list[str]) -> dict[s
             "the file's IPTC record (File Info) is written back into JPEG outputs only; PNG and WebP cannot hold "
             "it (most editors also keep the copyright in the XMP and EXIF data, which are carried over)"
         )
-    if resources.keys() & set(PREVIEW_RESOURCES):
+    if resources.keys() & PREVIEW_RESOURCES:
         previews.append("Photoshop")
     return kept
-
-
-# An APP13 segment's payload: 65535 bytes less its length field and the "Photoshop 3.0" signature.
-_MAX_RESOURCES = 0xFFFF - 2 - 14
 
 
 def _without_previews(key: str, value: str, previews: list[str]) -> str:
@@ -574,7 +572,7 @@ def _without_previews(key: str, value: str, previews: list[str]) -> str:
         previews.append("XMP")
     else:
         resources = photoshop_resources(data)
-        if resources is None or not resources.keys() & set(PREVIEW_RESOURCES):
+        if resources is None or not resources.keys() & PREVIEW_RESOURCES:
             return value
         data = resource_block({rid: v for rid, v in resources.items() if rid not in PREVIEW_RESOURCES})
         previews.append("Photoshop")

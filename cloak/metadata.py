@@ -33,8 +33,10 @@ RIGHTS_RESOURCES: tuple[int, ...] = (0x0404, 0x040A, 0x040B)
 """Photoshop resources carried to a JPEG output: the IPTC-IIM record, the copyright flag and the URL. The others
 (thumbnails, slices, print settings, layer state) describe the editor's document, and two are uncloaked previews."""
 
+JPEG_SEGMENT_BYTES = 0xFFFF - 2
+"""The most data one JPEG marker segment holds: its 16-bit length field counts itself (ITU-T T.81, B.1.1.4)."""
+
 _PHOTOSHOP_SIGNATURE = b"Photoshop 3.0\x00"
-_MAX_SEGMENT = 0xFFFF  # a JPEG marker segment's length field, which counts itself, is 16 bits
 _XMP_NS = "http://ns.adobe.com/xap/1.0/"
 _TIFF_NS = "http://ns.adobe.com/tiff/1.0/"
 
@@ -125,7 +127,7 @@ def raw_profile_text(name: str, data: bytes) -> str:
     return f"\n{name}\n{len(data):8d}\n{lines}\n"
 
 
-PREVIEW_RESOURCES: tuple[int, ...] = (0x0409, 0x040C)
+PREVIEW_RESOURCES: frozenset[int] = frozenset({0x0409, 0x040C})
 """Photoshop resources that hold a thumbnail of the picture (Photoshop File Formats Specification, Image Resource
 IDs): uncloaked copies, never carried."""
 
@@ -185,6 +187,11 @@ def resource_block(resources: Mapping[int, bytes]) -> bytes:
     return bytes(out)
 
 
+def fits_one_segment(resources: Mapping[int, bytes]) -> bool:
+    """Whether ``resources`` fit in the one APP13 segment `jpeg_with_resources` writes."""
+    return len(_PHOTOSHOP_SIGNATURE) + len(resource_block(resources)) <= JPEG_SEGMENT_BYTES
+
+
 def jpeg_with_resources(jpeg: bytes, resources: Mapping[int, bytes]) -> bytes:
     """A JPEG file with an APP13 Photoshop segment holding ``resources``, after its other application segments.
 
@@ -204,7 +211,7 @@ def jpeg_with_resources(jpeg: bytes, resources: Mapping[int, bytes]) -> bytes:
     if jpeg[:2] != b"\xff\xd8":
         raise ValueError("not a JPEG file: it does not start with the start-of-image marker FFD8")
     payload = _PHOTOSHOP_SIGNATURE + resource_block(resources)
-    if len(payload) + 2 > _MAX_SEGMENT:
+    if not fits_one_segment(resources):
         raise ValueError(f"the Photoshop resources take {len(payload)} bytes, more than one JPEG segment holds")
     segment = b"\xff\xed" + struct.pack(">H", len(payload) + 2) + payload
     at = _after_app_segments(jpeg)
