@@ -12,11 +12,15 @@ images purified: 1 - ||E(P(x')) - t||^2 / ||E(P(x)) - t||^2), the VAE's reconstr
 optimiser low-passes its start and gradients (``CloakConfig.smooth``). ``--consistency MU`` adds a variant of the
 preset whose objective also carries ``MU * ||D(E(x')) - x'||^2`` (the reconstruction error IMPRESS minimises), to
 ask whether a cloak the VAE already reproduces keeps more of its pull. That variant is an experiment defined here,
-not a library method; it costs a VAE decoder forward and backward a step.
+not a library method; it costs a VAE decoder forward and backward a step. ``--bpda K`` adds a variant whose objective
+is taken at the image after K steps of the suite's IMPRESS and back-propagated as if that purification were the
+identity (BPDA: Athalye, Carlini and Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018), to ask
+whether a cloak optimised through the purification keeps more of its pull; it costs K VAE round trips a step.
 
     python benchmarks/bench_impress.py                                   # the default, IMPRESS, 8 paintings
     python benchmarks/bench_impress.py --consistency 100 1000 10000      # and three consistency weights
     python benchmarks/bench_impress.py --attack "blur:sigma=1" --style impasto
+    python benchmarks/bench_impress.py --bpda 10 50                      # optimised through 10 and 50 IMPRESS steps
     python benchmarks/bench_impress.py --attack blur:sigma=1 resize:factor=0.5 jpeg:quality=75 impress \
         --smooth 0.5 0.7 1                                                # low-passed variants, four purifications
 """
@@ -33,6 +37,7 @@ def main() -> None:
     parser.add_argument("--preset", default="default", help="a preset pulling toward a target (mist, encoder)")
     parser.add_argument("--attack", nargs="+", default=["impress"], help="purification specs (attacks)")
     parser.add_argument("--consistency", nargs="*", type=float, default=[], help="weights MU of the variant")
+    parser.add_argument("--bpda", nargs="*", type=int, default=[], help="IMPRESS steps K of the BPDA variant")
     parser.add_argument("--smooth", nargs="*", type=float, default=[], help="sigmas (px) of the low-passed variant")
     parser.add_argument("--n-images", type=int, default=8, help="held-out testbed paintings")
     parser.add_argument("--style", default="marbling", help="held-out testbed style")
@@ -44,6 +49,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from attacks import parse_spec
+    from attacks.diffusion import impress
     from cloak.imageio import to_tensor
     from cloak.methods import METHODS
     from cloak.methods.diffusion import DIFFUSION_PARTS
@@ -72,7 +78,22 @@ def main() -> None:
             recon = vae_roundtrip(self.components.vae, x_adv)
             return super().loss(x_adv, target, generator) + self.mu * F.mse_loss(recon.float(), x_adv.float())
 
+    class ThroughImpress(METHODS[base.method]):
+        """The preset's objective at the image after ``k`` (an option) steps of the suite's IMPRESS, back-propagated
+        as if the purification were the identity (BPDA)."""
+
+        name = "bench-through-impress"
+
+        def __init__(self, components, k: int = 0, **options):
+            super().__init__(components, **options)
+            self.k = k
+
+        def loss(self, x_adv, target, generator):
+            purified = impress(x_adv.detach(), self.components, self.k, 0.004, 8.0, 0.1, 0.025)
+            return super().loss(x_adv + (purified - x_adv).detach(), target, generator)
+
     METHODS[Consistent.name] = Consistent  # this process only
+    METHODS[ThroughImpress.name] = ThroughImpress
     comp = load_components("testbed", parts=DIFFUSION_PARTS, device="cpu")
     purifiers = {spec: parse_spec(spec, comp) for spec in args.attack}
     images = [
@@ -109,6 +130,9 @@ def main() -> None:
     for mu in args.consistency:
         consistent = replace(base, method=Consistent.name, options={**base.options, "mu": mu})
         variants.append((f"{args.preset} + {mu:g} x recon error", consistent))
+    for k in args.bpda:
+        through = replace(base, method=ThroughImpress.name, options={**base.options, "k": k})
+        variants.append((f"{args.preset} through {k} IMPRESS steps (BPDA)", through))
     for label, config in variants:
         cloaker = Cloaker(comp, config)
         start = time.perf_counter()
