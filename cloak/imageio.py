@@ -43,6 +43,7 @@ from cloak.metadata import (
     RIGHTS_RESOURCES,
     exif_has_thumbnail,
     fits_one_segment,
+    iptc_profile_resources,
     jpeg_with_resources,
     photoshop_resources,
     raw_profile,
@@ -105,7 +106,9 @@ class Artwork:
         comment: a JPEG comment, or None; written back (as a PNG ``Comment`` text chunk in PNG outputs).
         photoshop: the rights resources of a JPEG's or TIFF's Photoshop block as ``(id, data)`` pairs: the IPTC
             record editors show as File Info (creator, copyright notice, caption), the copyright flag and the
-            URL (`cloak.metadata.RIGHTS_RESOURCES`). Written back into JPEG outputs; PNG and WebP cannot hold them.
+            URL (`cloak.metadata.RIGHTS_RESOURCES`), also read from a PNG's "Raw profile type iptc" text chunk.
+            Written back into JPEG outputs (an APP13 segment) and PNG outputs (that text chunk); WebP cannot hold
+            them.
     """
 
     path: Path
@@ -212,7 +215,8 @@ def save_artwork(
 
     Lossy formats change the pixels after the cloak was computed and weaken it; PNG keeps every pixel. The
     authorship and print information read by `load_artwork` goes back as each format allows: DPI (not WebP), XMP,
-    PNG text chunks (PNG only), the JPEG comment (JPEG, or a PNG ``Comment`` chunk) and the IPTC record (JPEG).
+    PNG text chunks (PNG only), the JPEG comment (JPEG, or a PNG ``Comment`` chunk) and the IPTC record (JPEG and
+    PNG).
     JPEG is written with 4:4:4 chroma (no subsampling), which keeps more of the cloak than Pillow's 4:2:0
     default. A greyscale artwork saved as WebP (which has no greyscale mode) is written as RGB without a
     greyscale-only ICC profile, which an RGB file cannot carry.
@@ -504,6 +508,7 @@ def _split(pixels: np.ndarray, grey: bool) -> tuple[np.ndarray, np.ndarray | Non
 _XMP_KEY = "XML:com.adobe.xmp"
 _RAW_PROFILE = "Raw profile type "
 _RAW_EXIF_KEY = _RAW_PROFILE + "exif"
+_RAW_IPTC_KEY = _RAW_PROFILE + "iptc"
 
 # TIFF tags that say who made the picture and who holds its rights (TIFF 6.0 baseline tags 270 and 315, and
 # 33432 Copyright): the only ones carried from a TIFF, whose other tags describe its file layout.
@@ -518,11 +523,11 @@ def _kept_info(im: Image.Image, notes: list[str], previews: list[str]) -> dict[s
     if isinstance(dpi, tuple) and len(dpi) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in dpi):
         kept["dpi"] = (float(dpi[0]), float(dpi[1]))
     text = getattr(im, "text", None) if im.format == "PNG" else None
+    png_iptc = _png_iptc(text or {})
     if text:
+        skip = {_XMP_KEY, _RAW_EXIF_KEY} | ({png_iptc[0]} if png_iptc else set())  # written again from `kept`
         kept["text"] = tuple(
-            (str(k), _without_previews(str(k), str(v), previews))
-            for k, v in text.items()
-            if k not in (_XMP_KEY, _RAW_EXIF_KEY)
+            (str(k), _without_previews(str(k), str(v), previews)) for k, v in text.items() if k not in skip
         )
     xmp = im.info.get("xmp")
     if isinstance(xmp, str):
@@ -535,19 +540,31 @@ def _kept_info(im: Image.Image, notes: list[str], previews: list[str]) -> dict[s
     comment = im.info.get("comment")
     if isinstance(comment, bytes) and comment:
         kept["comment"] = comment
-    resources = _photoshop_resources(im)
+    resources = png_iptc[1] if png_iptc else _photoshop_resources(im)
     rights = {rid: data for rid, data in resources.items() if rid in RIGHTS_RESOURCES}
     if not fits_one_segment(rights):
         notes.append("the file's IPTC record (File Info) is too large for one JPEG segment and is not carried over")
     elif rights:
         kept["photoshop"] = tuple(sorted(rights.items()))
         notes.append(
-            "the file's IPTC record (File Info) is written back into JPEG outputs only; PNG and WebP cannot hold "
-            "it (most editors also keep the copyright in the XMP and EXIF data, which are carried over)"
+            "the file's IPTC record (File Info) is written back into PNG and JPEG outputs; WebP cannot hold it "
+            "(most editors also keep the copyright in the XMP and EXIF data, which are carried over)"
         )
     if resources.keys() & PREVIEW_RESOURCES:
         previews.append("Photoshop")
     return kept
+
+
+def _png_iptc(text: dict[str, Any]) -> tuple[str, dict[int, bytes]] | None:
+    """A PNG's "Raw profile type iptc" text chunk (ExifTool's and ImageMagick's place for the IPTC record): its key
+    and its Photoshop resources; None when there is none or it cannot be read (it is then kept as text)."""
+    for key, value in text.items():
+        if isinstance(key, str) and key.lower() == _RAW_IPTC_KEY.lower() and isinstance(value, str):
+            data = raw_profile(value)
+            resources = None if data is None else iptc_profile_resources(data)
+            if resources is not None:
+                return key, resources
+    return None
 
 
 def _without_previews(key: str, value: str, previews: list[str]) -> str:
@@ -605,7 +622,7 @@ def _photoshop_resources(im: Image.Image) -> dict[int, bytes]:
 
 
 def _png_text(artwork: Artwork) -> PngImagePlugin.PngInfo:
-    """The PNG text chunks to write: the input's own, its XMP packet and its JPEG comment."""
+    """The PNG text chunks to write: the input's own, its XMP packet, its IPTC record and its JPEG comment."""
     info = PngImagePlugin.PngInfo()
     keys = set()
     for key, value in artwork.text:
@@ -617,6 +634,8 @@ def _png_text(artwork: Artwork) -> PngImagePlugin.PngInfo:
             info.add_itxt(key, value)
     if artwork.xmp is not None:
         info.add_itxt(_XMP_KEY, artwork.xmp.decode("utf-8", errors="replace"))
+    if artwork.photoshop and _RAW_IPTC_KEY not in keys:  # compressed, as ExifTool writes raw profiles
+        info.add_text(_RAW_IPTC_KEY, raw_profile_text("iptc", resource_block(dict(artwork.photoshop))), zip=True)
     if artwork.comment is not None and "Comment" not in keys:
         info.add_itxt("Comment", artwork.comment.decode("utf-8", errors="replace"))
     return info

@@ -11,7 +11,9 @@ Three jobs, all about what an artist expects of a protected file:
   previews go too (`photoshop_resources` reads the Photoshop one).
 - **The IPTC record is kept.** Editors' "File Info" (creator, copyright notice, caption, keywords) lives in the
   IPTC-IIM record inside the Photoshop resource block of a JPEG's APP13 segment. Pillow reads that block but cannot
-  write it; `jpeg_with_resources` adds it to a JPEG Pillow has written.
+  write it; `jpeg_with_resources` adds it to a JPEG Pillow has written. A PNG holds it in a "Raw profile type
+  iptc" text chunk, where ExifTool writes and reads it (ExifTool's PNG tag documentation, TextualData), as Photoshop
+  resource blocks or a bare IPTC-IIM record (`iptc_profile_resources`).
 - **The metadata agrees with the upright pixels.** `xmp_upright` sets the XMP copy of the EXIF orientation to 1
   once the pixels are turned, and `raw_profile` reads the EXIF block ImageMagick keeps in a PNG as hex text, so that
   it is written back once, as EXIF, not again as text with its old orientation and its thumbnail.
@@ -29,9 +31,13 @@ import struct
 from collections.abc import Mapping
 from xml.etree import ElementTree
 
-RIGHTS_RESOURCES: tuple[int, ...] = (0x0404, 0x040A, 0x040B)
-"""Photoshop resources carried to a JPEG output: the IPTC-IIM record, the copyright flag and the URL. The others
-(thumbnails, slices, print settings, layer state) describe the editor's document, and two are uncloaked previews."""
+IPTC_RESOURCE = 0x0404
+"""The Photoshop resource that holds the IPTC-IIM record (Photoshop File Formats Specification, Image Resource IDs)."""
+
+RIGHTS_RESOURCES: tuple[int, ...] = (IPTC_RESOURCE, 0x040A, 0x040B)
+"""Photoshop resources carried to JPEG and PNG outputs: the IPTC-IIM record, the copyright flag and the URL. The
+others (thumbnails, slices, print settings, layer state) describe the editor's document, and two are uncloaked
+previews."""
 
 JPEG_SEGMENT_BYTES = 0xFFFF - 2
 """The most data one JPEG marker segment holds: its 16-bit length field counts itself (ITU-T T.81, B.1.1.4)."""
@@ -150,6 +156,15 @@ def photoshop_resources(block: bytes) -> dict[int, bytes] | None:
     except (struct.error, IndexError):
         return None
     return out
+
+
+def iptc_profile_resources(data: bytes) -> dict[int, bytes] | None:
+    """The Photoshop resources of an IPTC profile ("Raw profile type iptc" in a PNG), id -> data: the profile is
+    either Photoshop resource blocks (as ExifTool writes it) or a bare IPTC-IIM record (as ImageMagick may), which
+    is the IPTC resource 0x0404. None when it is neither."""
+    if data.startswith(b"8BIM"):
+        return photoshop_resources(data)
+    return {IPTC_RESOURCE: data} if data.startswith(b"\x1c") else None
 
 
 def _prefixes(text: str, namespace: str) -> set[str]:

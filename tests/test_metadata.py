@@ -1,4 +1,5 @@
-"""Metadata: EXIF, XMP and Photoshop thumbnails (uncloaked copies) removed, the IPTC record carried into JPEGs."""
+"""Metadata: EXIF, XMP and Photoshop thumbnails (uncloaked copies) removed, the IPTC record carried into JPEGs and
+PNGs."""
 
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def test_cloaked_copy_keeps_the_rights_and_carries_no_uncloaked_preview(tmp_path
     art = load_artwork(tmp_path / "in.jpg")
     notes = " | ".join(art.notes)
     assert "preview thumbnails removed from the XMP, Photoshop and EXIF data: each is a small uncloaked copy" in notes
-    assert "IPTC record (File Info) is written back into JPEG outputs only" in notes
+    assert "IPTC record (File Info) is written back into PNG and JPEG outputs; WebP cannot hold it" in notes
     out = tmp_path / f"out.{fmt}"
     save_artwork(out, art.rgb, art, format=fmt)
     data = out.read_bytes()
@@ -178,9 +179,22 @@ def test_cloaked_copy_keeps_the_rights_and_carries_no_uncloaked_preview(tmp_path
         assert im.getexif()[0x013B] == "Ada Painter"
         assert b"(c) Ada Painter" in im.info["xmp"]
         iptc = IptcImagePlugin.getiptcinfo(im) if fmt == "jpeg" else None
+        profile = im.info.get("Raw profile type iptc") if fmt == "png" else None
+    record = iptc_record(by_line=b"Ada Painter", copyright=b"(c) 2026 Ada Painter")
     if fmt == "jpeg":
         assert iptc == {(2, 80): b"Ada Painter", (2, 116): b"(c) 2026 Ada Painter"}
         assert b"Photoshop 3.0" in data and data.count(b"8BIM") == 2  # the IPTC record and the copyright flag
+    if fmt == "png":  # where ExifTool reads a PNG's IPTC: Photoshop resource blocks in ImageMagick's hex text
+        raw = metadata.raw_profile(profile)
+        assert raw is not None and metadata.photoshop_resources(raw) == {0x0404: record, 0x040A: b"\x01"}
+        again = load_artwork(out)  # and back into a JPEG from the cloaked PNG
+        assert again.photoshop == ((0x0404, record), (0x040A, b"\x01"))
+        assert not any(key.startswith("Raw profile type") for key, _ in again.text)  # written once, not twice
+        save_artwork(tmp_path / "again.jpg", again.rgb, again, format="jpeg")
+        with Image.open(tmp_path / "again.jpg") as im:
+            assert IptcImagePlugin.getiptcinfo(im) == {(2, 80): b"Ada Painter", (2, 116): b"(c) 2026 Ada Painter"}
+    if fmt == "webp":
+        assert record not in data
 
 
 def test_iptc_from_a_tiff_reaches_a_jpeg_output_and_plain_files_get_no_notes(tmp_path: Path) -> None:
@@ -289,12 +303,44 @@ def test_imagemagick_png_profiles_lose_their_previews_and_keep_the_rest(tmp_path
     info.add_text("Raw profile type APP1", _imagemagick_profile("APP1", exif_with_thumbnail()))
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "in.png", pnginfo=info)
     art = load_artwork(tmp_path / "in.png")
-    assert "thumbnails removed from the Photoshop, XMP and EXIF data: each is a small uncloaked copy" in art.notes[0]
+    notes = " | ".join(art.notes)
+    assert "thumbnails removed from the Photoshop, XMP and EXIF data: each is a small uncloaked copy" in notes
     save_artwork(tmp_path / "out.png", art.rgb, art)
     with Image.open(tmp_path / "out.png") as im:
         text = {k: metadata.raw_profile(v) for k, v in im.info.items() if k.startswith("Raw profile type")}
     assert metadata.photoshop_resources(text["Raw profile type 8bim"]) == {0x0404: record}
     assert text["Raw profile type xmp"] == xmp_packet(RIGHTS)
-    assert text["Raw profile type iptc"] == record
+    assert text["Raw profile type iptc"] == metadata.resource_block({0x0404: record})  # as ExifTool writes it
     app1 = text["Raw profile type APP1"]
     assert app1 is not None and not metadata.exif_has_thumbnail(app1) and THUMB not in app1 and b"Ada Painter" in app1
+
+
+def test_a_pngs_iptc_profile_is_read_as_resource_blocks_or_a_bare_record(tmp_path: Path) -> None:
+    from PIL import PngImagePlugin
+
+    record = iptc_record(copyright=b"(c) Ada Painter")
+    assert metadata.iptc_profile_resources(record) == {0x0404: record}
+    block = metadata.resource_block({0x0404: record, 0x0409: PREVIEW, 0x0BB7: b"print settings"})
+    assert metadata.iptc_profile_resources(block) == {0x0404: record, 0x0409: PREVIEW, 0x0BB7: b"print settings"}
+    assert metadata.iptc_profile_resources(b"not a profile") is None
+    # In a PNG: the rights are kept, the preview and the editor's settings are not; a chunk that cannot be read
+    # stays the text it was.
+    for name, profile, kept in (
+        ("blocks.png", _imagemagick_profile("iptc", block), ((0x0404, record),)),
+        ("bare.png", _imagemagick_profile("iptc", record), ((0x0404, record),)),
+        ("junk.png", "\niptc\n   4\nzzzz\n", ()),
+    ):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Raw profile type iptc", profile)
+        Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / name, pnginfo=info)
+        art = load_artwork(tmp_path / name)
+        assert art.photoshop == kept
+        save_artwork(tmp_path / f"out-{name}", art.rgb, art)
+        with Image.open(tmp_path / f"out-{name}") as im:
+            written = im.info["Raw profile type iptc"]
+        if kept:
+            assert metadata.raw_profile(written) == metadata.resource_block(dict(kept))
+            assert PREVIEW not in (tmp_path / f"out-{name}").read_bytes()
+        else:
+            assert written == profile
+    assert "preview thumbnail removed from the Photoshop data" in " ".join(load_artwork(tmp_path / "blocks.png").notes)
