@@ -283,6 +283,28 @@ def test_mist_target_is_the_encoder_attacks_target(tiny_components):
         )
 
 
+def test_target_pattern_is_encoded_once_per_view_size_and_cloaks_do_not_change(tiny_components, monkeypatch):
+    """A batch's cloaker encodes the target pattern once per size; each cloak is the one a fresh cloaker makes."""
+    import cloak.methods.encoder as encoder
+
+    sizes: list[tuple[int, int]] = []
+    render = encoder.target_image
+
+    def counted(name, h, w, **kwargs):
+        sizes.append((h, w))
+        return render(name, h, w, **kwargs)
+
+    monkeypatch.setattr(encoder, "target_image", counted)
+    config = CloakConfig(method="mist", eps=8, steps=2, options={"semantic": "sds-"})
+    batch = Cloaker(tiny_components, config)
+    images = [_image(32, 48, seed=1), _image(32, 48, seed=2), _image(32, 32, seed=3), _image(32, 48, seed=4)]
+    cloaked = [batch.protect(rgb, seed=5).image for rgb in images]
+    assert sizes == [(32, 48), (32, 32)]
+    for rgb, image in zip(images, cloaked, strict=True):
+        np.testing.assert_array_equal(image, Cloaker(tiny_components, config).protect(rgb, seed=5).image)
+    assert len(sizes) == 2 + len(images)  # each fresh cloaker encoded its own
+
+
 def test_encoder_away_pushes_the_latent_from_the_artworks_own(tiny_components):
     """``direction="away"``: the loss is minus the latent MSE to the clean image's latent, and the cloak raises it."""
     from cloak.methods.encoder import EncoderAttack
