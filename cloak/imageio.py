@@ -168,6 +168,8 @@ def load_artwork(path: str | Path, *, strip_gps: bool = False) -> Artwork:
     except IsADirectoryError as e:
         raise ImageError(f"{path}: is a folder, not an image file.") from e
     except UnidentifiedImageError as e:
+        if _is_empty(path):  # a copy or download that never finished, or a cloud-sync placeholder
+            raise ImageError(f"{path}: the file is empty (0 bytes); copy or download it again.") from e
         raise ImageError(
             f"{path}: not an image file Pillow can read (unknown format or corrupt header); "
             f"supported: {_suffix_list()}."
@@ -553,6 +555,13 @@ def _kept_info(im: Image.Image, notes: list[str], previews: list[str]) -> dict[s
     if resources.keys() & PREVIEW_RESOURCES:
         previews.append("Photoshop")
     return kept
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _png_iptc(text: dict[str, Any]) -> tuple[str, dict[int, bytes]] | None:

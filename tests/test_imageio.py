@@ -358,6 +358,12 @@ def test_corrupt_bytes_are_refused(tmp_path):
     _assert_image_error(tmp_path / "noise.png", "not an image file")
 
 
+def test_an_empty_file_is_named_as_empty(tmp_path):
+    (tmp_path / "placeholder.jpg").write_bytes(b"")
+    message = _assert_image_error(tmp_path / "placeholder.jpg", "the file is empty (0 bytes)", "copy or download it")
+    assert "not an image file" not in message
+
+
 def test_truncated_jpeg_is_refused(tmp_path):
     buf = io.BytesIO()
     Image.fromarray(_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
