@@ -16,11 +16,16 @@ not a library method; it costs a VAE decoder forward and backward a step. ``--bp
 is taken at the image after K steps of the suite's IMPRESS and back-propagated as if that purification were the
 identity (BPDA: Athalye, Carlini and Wagner, "Obfuscated Gradients Give a False Sense of Security", ICML 2018), to ask
 whether a cloak optimised through the purification keeps more of its pull; it costs K VAE round trips a step.
+``--roundtrip W`` adds a variant whose objective also carries ``W * ||E(D(E(x'))) - t||^2``, the pull measured again
+after one VAE round trip (the map whose fixed points IMPRESS seeks), to ask whether a pull that survives a round trip
+survives IMPRESS; it costs a VAE round trip a step. ``--steps N`` runs every variant with N steps.
 
     python benchmarks/bench_impress.py                                   # the default, IMPRESS, 8 paintings
     python benchmarks/bench_impress.py --consistency 100 1000 10000      # and three consistency weights
     python benchmarks/bench_impress.py --attack "blur:sigma=1" --style impasto
     python benchmarks/bench_impress.py --bpda 10 50                      # optimised through 10 and 50 IMPRESS steps
+    python benchmarks/bench_impress.py --roundtrip 1 4 --attack impress blur:sigma=1 resize:factor=0.5
+    python benchmarks/bench_impress.py --steps 32 --roundtrip 4 --bpda 10  # the same with 32 steps
     python benchmarks/bench_impress.py --attack blur:sigma=1 resize:factor=0.5 jpeg:quality=75 impress \
         --smooth 0.5 0.7 1                                                # low-passed variants, four purifications
 """
@@ -35,8 +40,10 @@ from dataclasses import replace
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", help="a preset pulling toward a target (mist, encoder)")
+    parser.add_argument("--steps", type=int, default=None, help="run this many steps instead of the preset's")
     parser.add_argument("--attack", nargs="+", default=["impress"], help="purification specs (attacks)")
     parser.add_argument("--consistency", nargs="*", type=float, default=[], help="weights MU of the variant")
+    parser.add_argument("--roundtrip", nargs="*", type=float, default=[], help="weights W of the round-trip variant")
     parser.add_argument("--bpda", nargs="*", type=int, default=[], help="IMPRESS steps K of the BPDA variant")
     parser.add_argument("--smooth", nargs="*", type=float, default=[], help="sigmas (px) of the low-passed variant")
     parser.add_argument("--n-images", type=int, default=8, help="held-out testbed paintings")
@@ -61,7 +68,7 @@ def main() -> None:
 
     if args.style not in HELD_OUT:
         parser.error(f"--style must be a held-out testbed style ({', '.join(HELD_OUT)}), got {args.style!r}")
-    base = CloakConfig.from_preset(args.preset)
+    base = CloakConfig.from_preset(args.preset, steps=args.steps)
     if not issubclass(METHODS[base.method], EncoderAttack):
         parser.error(f"preset {args.preset!r} uses {base.method!r}, which pulls toward no target pattern")
 
@@ -92,7 +99,22 @@ def main() -> None:
             purified = impress(x_adv.detach(), self.components, self.k, 0.004, 8.0, 0.1, 0.025)
             return super().loss(x_adv + (purified - x_adv).detach(), target, generator)
 
+    class RoundTrip(METHODS[base.method]):
+        """The preset's objective plus ``w`` (an option) times the textural pull measured again after one VAE round
+        trip of the cloaked image: ``||E(D(E(x'))) - t||^2``."""
+
+        name = "bench-roundtrip"
+
+        def __init__(self, components, w: float = 0.0, **options):
+            super().__init__(components, **options)
+            self.w = w
+
+        def loss(self, x_adv, target, generator):
+            again = vae_latents(self.components.vae, vae_roundtrip(self.components.vae, x_adv).clamp(0, 1))
+            return super().loss(x_adv, target, generator) + self.w * F.mse_loss(again.float(), target.float())
+
     METHODS[Consistent.name] = Consistent  # this process only
+    METHODS[RoundTrip.name] = RoundTrip
     METHODS[ThroughImpress.name] = ThroughImpress
     comp = load_components("testbed", parts=DIFFUSION_PARTS, device="cpu")
     purifiers = {spec: parse_spec(spec, comp) for spec in args.attack}
@@ -130,6 +152,9 @@ def main() -> None:
     for mu in args.consistency:
         consistent = replace(base, method=Consistent.name, options={**base.options, "mu": mu})
         variants.append((f"{args.preset} + {mu:g} x recon error", consistent))
+    for w in args.roundtrip:
+        again = replace(base, method=RoundTrip.name, options={**base.options, "w": w})
+        variants.append((f"{args.preset} + {w:g} x pull after a round trip", again))
     for k in args.bpda:
         through = replace(base, method=ThroughImpress.name, options={**base.options, "k": k})
         variants.append((f"{args.preset} through {k} IMPRESS steps (BPDA)", through))
