@@ -55,7 +55,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # 3 steps, not 4: the 4th step made no difference the gate's mimic could see (gate8-fast3) and cost 7 s.
-    # suite8-fast8: over the whole attack suite it keeps 35 % of its effect, the default 33 %, on the same 8 seeds.
+    # suite8-fast12: over the whole attack suite it keeps 32 % of its effect, the default 34 %, on the same 12 seeds.
     "fast": Preset("encoder", 8.0, 3, "3 steps for large batches; on the testbed about as protective as the default"),
     "default": Preset(
         "mist",
