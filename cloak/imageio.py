@@ -107,8 +107,8 @@ class Artwork:
         photoshop: the rights resources of a JPEG's or TIFF's Photoshop block as ``(id, data)`` pairs: the IPTC
             record editors show as File Info (creator, copyright notice, caption), the copyright flag and the
             URL (`cloak.metadata.RIGHTS_RESOURCES`), also read from a PNG's "Raw profile type iptc" text chunk.
-            Written back into JPEG outputs (an APP13 segment) and PNG outputs (that text chunk); WebP cannot hold
-            them.
+            Written back into PNG outputs (that text chunk) and JPEG outputs (an APP13 segment, when they fit in
+            one); WebP cannot hold them.
     """
 
     path: Path
@@ -286,7 +286,7 @@ def save_artwork(
     buffer = io.BytesIO()
     image.save(buffer, format=format.upper(), **options)
     data = buffer.getvalue()
-    if format == "jpeg":
+    if format == "jpeg" and fits_one_segment(dict(artwork.photoshop)):  # else noted when it was loaded
         data = jpeg_with_resources(data, dict(artwork.photoshop))
     atomic_write_bytes(path, data)
 
@@ -544,13 +544,16 @@ def _kept_info(im: Image.Image, notes: list[str], previews: list[str]) -> dict[s
         kept["comment"] = comment
     resources = png_iptc[1] if png_iptc else _photoshop_resources(im)
     rights = {rid: data for rid, data in resources.items() if rid in RIGHTS_RESOURCES}
-    if not fits_one_segment(rights):
-        notes.append("the file's IPTC record (File Info) is too large for one JPEG segment and is not carried over")
-    elif rights:
+    if rights:
         kept["photoshop"] = tuple(sorted(rights.items()))
+        where = (
+            "PNG and JPEG outputs; WebP cannot hold it"
+            if fits_one_segment(rights)
+            else "PNG outputs only: it is too large for one JPEG segment, and WebP cannot hold it"
+        )
         notes.append(
-            "the file's IPTC record (File Info) is written back into PNG and JPEG outputs; WebP cannot hold it "
-            "(most editors also keep the copyright in the XMP and EXIF data, which are carried over)"
+            f"the file's IPTC record (File Info) is written back into {where} (most editors also keep the "
+            "copyright in the XMP and EXIF data, which are carried over)"
         )
     if resources.keys() & PREVIEW_RESOURCES:
         previews.append("Photoshop")

@@ -344,3 +344,20 @@ def test_a_pngs_iptc_profile_is_read_as_resource_blocks_or_a_bare_record(tmp_pat
         else:
             assert written == profile
     assert "preview thumbnail removed from the Photoshop data" in " ".join(load_artwork(tmp_path / "blocks.png").notes)
+
+
+def test_an_iptc_record_too_large_for_a_jpeg_segment_still_reaches_png_outputs(tmp_path: Path) -> None:
+    from PIL import PngImagePlugin
+
+    caption = b"x" * 30000  # an IIM dataset holds at most 32767 bytes; three of them overflow a 64 KiB segment
+    record = b"".join(b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption for _ in range(3))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type iptc", _imagemagick_profile("iptc", record))
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "in.png", pnginfo=info)
+    art = load_artwork(tmp_path / "in.png")
+    assert "written back into PNG outputs only: it is too large for one JPEG segment" in " ".join(art.notes)
+    save_artwork(tmp_path / "out.png", art.rgb, art)
+    with Image.open(tmp_path / "out.png") as im:
+        assert metadata.raw_profile(im.info["Raw profile type iptc"]) == metadata.resource_block({0x0404: record})
+    save_artwork(tmp_path / "out.jpg", art.rgb, art, format="jpeg")  # saved, without the record
+    assert caption not in (tmp_path / "out.jpg").read_bytes()
