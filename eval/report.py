@@ -325,7 +325,8 @@ def markdown_summary(summary: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def markdown_scores(summary: dict[str, list[dict[str, Any]]]) -> str:
-    """Mimicry success (mean over seeds) per defence (rows) and attack (columns), one table per artist and mimic."""
+    """Mimicry success (mean over seeds) per defence (rows) and attack (columns), one table per artist and mimic, and
+    below it the share of each defence's unpurified effect kept after each purification (``retained``)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in summary["conditions"]:
         groups.setdefault((c["artist"], c["mimic"]), []).append(c)
@@ -341,6 +342,17 @@ def markdown_scores(summary: dict[str, list[dict[str, Any]]]) -> str:
         if cost:
             cells = [_fmt(cost.get(a), 3) for a in attacks]
             out.append("| *purified images' PSNR to their input, dB* | " + " | ".join(cells) + " |")
+        # The retained fraction of every purification, not only the worst one the defence table gives.
+        kept = {(c["defence"], c["attack"]): c["retained"] for c in conds if c["retained"] is not None}
+        purified = [a for a in attacks if any(k[1] == a for k in kept)]
+        if purified:
+            out.append(f"\n{artist}, {mimic}: share of the unpurified effect kept after each purification\n")
+            out += ["| defence | " + " | ".join(purified) + " |", "|" + "---|" * (len(purified) + 1)]
+            out += [
+                f"| {d} | " + " | ".join(_fmt(kept.get((d, a)), 2) for a in purified) + " |"
+                for d in defences
+                if any((d, a) in kept for a in purified)
+            ]
     return "\n".join(out) + "\n" if out else ""
 
 

@@ -296,6 +296,8 @@ def test_summary_effect_retained_worst_case_and_spread():
     table = markdown_scores(s).splitlines()
     assert "| defence | none | jpeg |" in table
     assert "| clean | 0.8 |  |" in table and "| enc | 0.2 | 0.5 |" in table
+    kept = table[table.index("| defence | jpeg |") :]  # the share kept, per purification: jpeg leaves 0.3 of 0.6
+    assert kept[2] == "| enc | 0.5 |" and len(kept) == 3  # the clean images have no effect to keep
 
 
 # ------------------------------------------------------------------------------------------------- config
