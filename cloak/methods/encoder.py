@@ -37,7 +37,8 @@ DIRECTIONS = ("toward", "away")
 #: Values of the ``space`` option: where the attacked image is compared with its target.
 SPACES = ("latent", "pixel")
 #: Target latents an objective keeps, one per view size: a batch's images mostly share a few sizes, and at SD-1.5's
-#: 512 px each one saved is a VAE encoder pass (2.4 s on 2 CPU cores in bf16, about 8 % of the `fast` preset's time).
+#: 512 px each one saved is a VAE encoder pass (2.4 s on 2 CPU cores in bf16; `fast` took 17.0 s a later image
+#: without the cache and 13.9 s with it, `python benchmarks/bench_protect.py --presets fast --sizes 512 --images 3`).
 PATTERN_CACHE_SIZE = 8
 
 
