@@ -238,8 +238,8 @@ def time_step(components: Components, method: str, options: Mapping[str, Any] | 
     return (stamps[1] - stamps[0]) / view_pixels(cloaker, side, side)
 
 
-def view_pixels(cloaker: Cloaker, height: int, width: int) -> int:
-    """Pixels the model evaluates per step for an image of this size (all views together)."""
+def view_sizes(cloaker: Cloaker, height: int, width: int) -> list[tuple[int, int]]:
+    """``(height, width)`` of each view the model evaluates for an image of this size."""
     from cloak.views import plan_views
 
     views = plan_views(
@@ -249,7 +249,12 @@ def view_pixels(cloaker: Cloaker, height: int, width: int) -> int:
         multiple=cloaker.objective.multiple,
         max_side=cloaker.config.max_side,
     )
-    return sum(v.box[2] * v.box[3] for v in views)
+    return [(v.box[2], v.box[3]) for v in views]
+
+
+def view_pixels(cloaker: Cloaker, height: int, width: int) -> int:
+    """Pixels the model evaluates per step for an image of this size (all views together)."""
+    return sum(h * w for h, w in view_sizes(cloaker, height, width))
 
 
 def _safe_member_name(member: str) -> str | None:
@@ -397,8 +402,10 @@ def estimate_seconds(backend: Backend, sizes: Sequence[tuple[int, int]], config:
 
     Scales the step time measured at start-up for ``config.method`` with ``config.options`` by the pixels the model
     sees for each image (images larger than the model's resolution are resized or tiled first) and by the number of
-    steps, plus one step for computing the target; and adds the costs that grow with the file's own pixels, per step
-    and once per image (:func:`time_full_size`). None when that method and options were not timed at start-up.
+    steps, plus one step for computing each view's target, counted once per view size where the objective keeps
+    targets by size (``Objective.kept_targets``), in the order the images come; and adds the costs that grow with
+    the file's own pixels, per step and once per image (:func:`time_full_size`). None when that method and options
+    were not timed at start-up.
     """
     from cloak.protect import Cloaker
 
@@ -406,11 +413,20 @@ def estimate_seconds(backend: Backend, sizes: Sequence[tuple[int, int]], config:
     if rate is None:
         return None
     cloaker = Cloaker(backend.components, config)
-    return sum(
-        (config.steps + 1) * view_pixels(cloaker, height, width) * rate
-        + width * height * (config.steps * backend.pixel_step_seconds + backend.pixel_seconds)
-        for width, height in sizes
-    )
+    keep = cloaker.objective.kept_targets
+    kept: list[tuple[int, int]] = []  # view sizes whose target is kept, oldest first (as the objective drops them)
+    seconds = 0.0
+    for width, height in sizes:
+        for view_height, view_width in view_sizes(cloaker, height, width):
+            pixels = view_height * view_width
+            seconds += config.steps * pixels * rate
+            if (view_height, view_width) not in kept:
+                seconds += pixels * rate  # the target, about one step's cost
+                if keep:
+                    kept.append((view_height, view_width))
+                    del kept[:-keep]
+        seconds += width * height * (config.steps * backend.pixel_step_seconds + backend.pixel_seconds)
+    return seconds
 
 
 def estimate(

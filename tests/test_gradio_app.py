@@ -269,10 +269,28 @@ def test_estimate_scales_with_steps_and_images(backend, uploads):
     fast, strong = handlers.make_config("fast", None, None, None), handlers.make_config("strong", None, None, None)
     one = handlers.estimate_seconds(backend, [(40, 24)], fast)
     assert one > 0
-    assert handlers.estimate_seconds(backend, [(40, 24)] * 3, fast) == pytest.approx(3 * one)
     # The model's part grows with steps + 1 (the target), the full-size part per step with steps, plus once per image.
     model_only = dataclasses.replace(backend, pixel_step_seconds=0.0, pixel_seconds=0.0)
     model_one = handlers.estimate_seconds(model_only, [(40, 24)], fast)
+    # The encoder's target depends only on the view's size: later images of a size do not pay for it again.
+    per_step = model_one / (fast.steps + 1)
+    three = handlers.estimate_seconds(model_only, [(40, 24)] * 3, fast)
+    assert three == pytest.approx(per_step * (3 * fast.steps + 1))
+    assert handlers.estimate_seconds(backend, [(40, 24)] * 3, fast) < 3 * one
+    away = dataclasses.replace(fast, options={"direction": "away"})  # its target is each artwork's own latent
+    timed_away = dataclasses.replace(
+        model_only, step_seconds={**backend.step_seconds, "encoder (direction=away)": backend.step_seconds["encoder"]}
+    )
+    assert handlers.estimate_seconds(timed_away, [(40, 24)] * 3, away) == pytest.approx(3 * model_one)
+    # Nine view sizes: the ninth drops the first size's target, so the first size pays again.
+    cloaker = Cloaker(backend.components, fast)
+    shapes = [(24 + 8 * k, 24) for k in range(9)]
+    views = [handlers.view_sizes(cloaker, h, w) for w, h in shapes]
+    assert len({tuple(v) for v in views}) == 9 and all(len(v) == 1 for v in views)
+    pixels = sum(h * w for (h, w), in views) + views[0][0][0] * views[0][0][1]  # every image pays for its target
+    assert handlers.estimate_seconds(model_only, [*shapes, shapes[0]], fast) == pytest.approx(
+        backend.step_seconds["encoder"] * (fast.steps + 1) * pixels
+    )
     ratio = (strong.steps + 1) / (fast.steps + 1)
     assert handlers.estimate_seconds(model_only, [(40, 24)], strong) == pytest.approx(model_one * ratio)
     sized = dataclasses.replace(backend, pixel_step_seconds=1e-6, pixel_seconds=3e-6)

@@ -46,6 +46,15 @@ class Objective:
             factor *= 2 ** (len(self.components.require("unet").config["block_out_channels"]) - 1)
         return factor
 
+    @property
+    def kept_targets(self) -> int:
+        """How many view sizes' targets :meth:`target` keeps for later images (0: it computes each view's anew).
+
+        An objective whose target depends only on the view's size computes it once per size; time estimates
+        (the web page's) count its cost once per size, oldest size dropped first when more than this many appear.
+        """
+        return 0
+
     def target(self, x: torch.Tensor, generator: torch.Generator) -> Any:
         """Precompute what :meth:`loss` needs from one clean view ``x`` (1, 3, h, w) in [0, 1]."""
         raise NotImplementedError

@@ -85,6 +85,10 @@ class EncoderAttack(Objective):
         vae = self.components.require("vae")
         return vae_roundtrip(vae, x) if self.space == "pixel" else vae_latents(vae, x)
 
+    @property
+    def kept_targets(self) -> int:
+        return 0 if self.sign < 0 else PATTERN_CACHE_SIZE  # "away" starts from each artwork's own latent
+
     def target(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.sign < 0:  # away from the artwork's own latent (or its round trip)
             return self._embed(x).detach()
