@@ -6,4 +6,4 @@ their modules (`cloak.protect`, `cloak.batch`, `cloak.models`, `cloak.methods`).
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -431,8 +431,8 @@ def test_defence_from_a_preset_or_baseline(tmp_path):
     assert pg.cloak_config().pgd() == PGDConfig(eps=7.7, steps=1000, step_size=2.55, schedule="linear")
     assert (ours.step_size, ours.schedule, ours.random_start) == (None, None, None)  # keyed as before
     assert (mist.name, mist.method, mist.eps, mist.steps) == ("mist-8", "mist", 8, 100)
-    assert (ours.name, ours.method, ours.eps, ours.steps) == ("ours", "mist", 8.0, 8)
-    assert ours.options == {"semantic": "sds-", "samples": 1}
+    assert (ours.name, ours.method, ours.eps, ours.steps) == ("ours", "encoder", 8.0, 12)
+    assert ours.options == {}
     assert ours.min_psnr is None and floor.min_psnr == 35 and floor.cloak_config().min_psnr == 35
     assert load_config("agreement").defences == ()
     assert {d.preset for d in load_config("baselines").defences} >= {"fast", "photoguard", "mist", "aspl", "sds"}
