@@ -95,6 +95,9 @@ def protect(
     target: str | None = typer.Option(
         None, help="Target pattern (stripes|checker|grey) or image, for encoder, mist and sdedit."
     ),
+    option: list[str] = typer.Option(
+        [], help="A method option KEY=VALUE (repeatable), e.g. --method mist --option semantic=sds- for the hybrid."
+    ),
     eot: list[str] = typer.Option([], help="Make the cloak robust to a transform, e.g. jpeg:quality=75 (repeatable)."),
     lpips_bound: float | None = typer.Option(None, help="Also keep LPIPS to the original below this (e.g. 0.05)."),
     min_psnr: float | None = typer.Option(
@@ -119,9 +122,12 @@ def protect(
     if fmt not in FORMATS:
         raise _usage_error(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     try:
+        options = parse_options(option)
+        if target:
+            options["target"] = target
         config = CloakConfig.from_preset(
             preset, method=method, eps=eps, steps=steps, eot=tuple(eot) or None, lpips_bound=lpips_bound,
-            min_psnr=min_psnr, smooth=smooth, options={"target": target} if target else None,
+            min_psnr=min_psnr, smooth=smooth, options=options or None,
         )
     except ConfigError as err:
         raise _usage_error(str(err)) from None
@@ -142,6 +148,24 @@ def protect(
         console.print("\ninterrupted: the images finished so far are saved (each complete, with its record); run the "
                       "same command again to do the rest.")
         raise typer.Exit(130) from None
+
+
+def parse_options(items: list[str]) -> dict[str, object]:
+    """``--option KEY=VALUE`` values -> a dict; a value reads as JSON (numbers, true/false) and else as text."""
+    import json
+
+    from cloak.errors import ConfigError
+
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option takes KEY=VALUE, e.g. semantic=sds-; got {item!r}.")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
 
 
 def _protect_all(

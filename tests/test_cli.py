@@ -118,6 +118,15 @@ def test_smooth_is_passed_and_recorded(tmp_path, tiny_model_dir):
     assert bad.exit_code != 0 and "`smooth` must be a positive Gaussian sigma" in bad.output
 
 
+def test_method_options_reach_the_method_and_the_record(tmp_path, tiny_model_dir):
+    hybrid = ["--method", "mist", "--option", "semantic=sds-", "--option", "samples=2"]
+    _, record = _protect_one(tmp_path, tiny_model_dir, *hybrid, "--steps", "1")
+    assert record["method"] == "mist" and record["options"] == {"semantic": "sds-", "samples": 2}
+    bad = _protect(tmp_path / "a.png", "--out", tmp_path / "o2", "--model", tiny_model_dir, "--method", "mist",
+                   "--option", "semantic=nonsense")  # a value the method refuses: refused before any image is made
+    assert bad.exit_code == 2 and "`semantic` (mist option)" in bad.output and not (tmp_path / "o2" / "a.png").exists()
+
+
 def test_never_writes_over_an_input(tmp_path, tiny_model_dir):
     Image.fromarray(_noise(16, 16)).save(tmp_path / "a.png")
     before = (tmp_path / "a.png").read_bytes()
@@ -139,6 +148,8 @@ def test_never_writes_over_an_input(tmp_path, tiny_model_dir):
         (["--preset", "pid", "--target", "grey"], "method `pid` takes no option `target`"),
         (["--eot", "jpeg:quality=200"], "`quality` must be an int in [1, 100]"),
         (["--target", "no-such-target.png"], "no such file"),
+        (["--option", "semantic"], "--option takes KEY=VALUE"),
+        (["--option", "colour=red"], "method `encoder` takes no option `colour`"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path, args, message):
