@@ -78,14 +78,14 @@ METHOD_PREFIX = "method:"
 
 
 def parse_option(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` -> (key, value); the value is read as JSON (numbers, true/false) and else kept as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE, got {text!r}")
+    """``KEY=VALUE`` -> (key, value), as ``cloak protect --option`` reads it (``cloak.presets.parse_option``)."""
+    from cloak.errors import ConfigError
+    from cloak.presets import parse_option as parse
+
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+        return parse(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def run_one(

@@ -111,7 +111,7 @@ def protect(
     """Cloak images so that fine-tuning or img2img on them fails to copy the style."""
     from cloak.batch import FORMATS, LOSSY_WARNING
     from cloak.errors import ConfigError
-    from cloak.presets import BASELINES, PRESETS
+    from cloak.presets import BASELINES, PRESETS, parse_option
     from cloak.protect import CloakConfig
 
     if preset not in PRESETS and preset not in BASELINES:
@@ -122,7 +122,7 @@ def protect(
     if fmt not in FORMATS:
         raise _usage_error(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     try:
-        options = parse_options(option)
+        options = dict(parse_option(item) for item in option)
         if target:
             options["target"] = target
         config = CloakConfig.from_preset(
@@ -148,24 +148,6 @@ def protect(
         console.print("\ninterrupted: the images finished so far are saved (each complete, with its record); run the "
                       "same command again to do the rest.")
         raise typer.Exit(130) from None
-
-
-def parse_options(items: list[str]) -> dict[str, object]:
-    """``--option KEY=VALUE`` values -> a dict; a value reads as JSON (numbers, true/false) and else as text."""
-    import json
-
-    from cloak.errors import ConfigError
-
-    options: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option takes KEY=VALUE, e.g. semantic=sds-; got {item!r}.")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options
 
 
 def _protect_all(

@@ -14,6 +14,7 @@ be compared against (``cloak eval`` defences take ``preset = "<name>"``), not re
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +156,25 @@ def method_label(method: str, options: dict[str, Any] | None = None) -> str:
     if not options:
         return method
     return f"{method} ({', '.join(f'{k}={v}' for k, v in sorted(options.items()))})"
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` (a method option as typed on a command line) -> ``(key, value)``.
+
+    The value reads as JSON (numbers, true/false) and else as text, so ``samples=2`` gives 2 and ``semantic=sds-``
+    the string.
+
+    Raises:
+        ConfigError: no ``=`` or no key.
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--option takes KEY=VALUE, e.g. semantic=sds-; got {text!r}.")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def get_preset(name: str) -> Preset:

@@ -6,7 +6,7 @@ import pytest
 
 from cloak.errors import ConfigError
 from cloak.methods import METHODS
-from cloak.presets import BASELINES, PRESETS, get_preset
+from cloak.presets import BASELINES, PRESETS, get_preset, parse_option
 from cloak.protect import CloakConfig
 
 
@@ -77,3 +77,14 @@ def test_a_new_method_drops_the_baselines_step_rule_but_keeps_budget_and_steps()
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ConfigError, match=r"unknown preset 'glaze'.*fast, default, strong.*glaze-like"):
         get_preset("glaze")
+
+
+def test_option_text_reads_numbers_and_flags_as_json_and_the_rest_as_text():
+    assert parse_option("samples=2") == ("samples", 2)
+    assert parse_option("weight=0.5") == ("weight", 0.5)
+    assert parse_option("minimise=true") == ("minimise", True)
+    assert parse_option("semantic=sds-") == ("semantic", "sds-")
+    assert parse_option(" target =a=b.png") == ("target", "a=b.png")  # only the first "=" splits
+    for bad in ("samples", "=2", ""):
+        with pytest.raises(ConfigError, match="--option takes KEY=VALUE"):
+            parse_option(bad)
