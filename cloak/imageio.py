@@ -286,8 +286,9 @@ def save_artwork(
     buffer = io.BytesIO()
     image.save(buffer, format=format.upper(), **options)
     data = buffer.getvalue()
-    if format == "jpeg" and fits_one_segment(dict(artwork.photoshop)):  # else noted when it was loaded
-        data = jpeg_with_resources(data, dict(artwork.photoshop))
+    resources = dict(artwork.photoshop)
+    if format == "jpeg" and fits_one_segment(resources):  # else noted when it was loaded
+        data = jpeg_with_resources(data, resources)
     atomic_write_bytes(path, data)
 
 
