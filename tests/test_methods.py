@@ -203,7 +203,7 @@ def test_unet_stored_in_bf16_gives_the_same_cloak_under_autocast(method):
     assert lean.losses == pytest.approx(reference.losses, rel=1e-6)
 
 
-@pytest.mark.parametrize("method", ["mist", "advdm", "sds"])
+@pytest.mark.parametrize("method", ["mist", "advdm", "sds", "ace"])
 def test_releasing_the_text_encoder_after_setup_gives_the_same_cloak(method):
     # `cloak protect` drops the parts a method used only to encode its prompt; the cloak must not change.
     from tiny_models import make_tiny_components

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from test_methods import _image
 
 from cloak.errors import ConfigError
+from cloak.methods.ace import ACE
 from cloak.methods.advdm import AdvDM
 from cloak.methods.aspl import ASPL
 from cloak.methods.mist import MIST_WEIGHT, Mist
@@ -249,6 +250,33 @@ def test_aspl_options_are_validated(tiny_components):
         ASPL(tiny_components, learning_rate=2)
     with pytest.raises(ConfigError, match=r"`finetune_steps` \(aspl option\) must be a positive integer, got 0"):
         ASPL(tiny_components, finetune_steps=0)
+
+
+# --- ace -----------------------------------------------------------------------------------------------------------
+
+
+def test_ace_pulls_the_noise_prediction_toward_the_target_latent(tiny_components):
+    """ACE written out by hand: z the posterior mean, then t and eps drawn, MSE(eps_theta(z_t, t, c), z_T)."""
+    x = _x()
+    ace = ACE(tiny_components)
+    c = tiny_components
+    with torch.no_grad():
+        target = ace.target(x, _gen())
+        got = ace.loss(x, target, _gen(5))
+        g = _gen(5)
+        z = vae_latents(c.vae, x)  # the mean: nothing drawn for z
+        t = torch.randint(0, 1000, (1,), generator=g)
+        eps = torch.randn(z.shape, generator=g)
+        a = c.scheduler.alphas_cumprod[t]
+        pred = c.unet(a.sqrt() * z + (1 - a).sqrt() * eps, t, encoder_hidden_states=ace.prompt_embeds).sample
+        want = F.mse_loss(pred, target)
+        textural = F.mse_loss(z, target)
+        with_textural = ACE(c, weight=2.0).loss(x, target, _gen(5))
+    assert want > 0.1 and textural > 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(with_textural, want + 2.0 * textural, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"`weight` \(ace option\) must be a number >= 0, got -1"):
+        ACE(c, weight=-1)
 
 
 # --- mist ----------------------------------------------------------------------------------------------------------

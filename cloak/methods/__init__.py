@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from cloak.methods.ace import ACE
 from cloak.methods.advdm import AdvDM
 from cloak.methods.aspl import ASPL
 from cloak.methods.base import Objective
@@ -24,6 +25,7 @@ METHODS: dict[str, type[Objective]] = {
     Mist.name: Mist,
     EditAttack.name: EditAttack,
     PID.name: PID,
+    ACE.name: ACE,
 }
 
 __all__ = ["METHODS", "Objective"]
