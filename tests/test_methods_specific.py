@@ -14,7 +14,6 @@ from cloak.errors import ConfigError
 from cloak.methods.ace import ACE
 from cloak.methods.advdm import AdvDM
 from cloak.methods.aspl import ASPL
-from cloak.methods.gradmatch import GradientMatch
 from cloak.methods.mist import MIST_WEIGHT, Mist
 from cloak.methods.sds import SDS
 from cloak.methods.style import StyleCloak, procedural_decoy
@@ -278,26 +277,6 @@ def test_ace_pulls_the_noise_prediction_toward_the_target_latent(tiny_components
     torch.testing.assert_close(with_textural, want + 2.0 * textural, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match=r"`weight` \(ace option\) must be a number >= 0, got -1"):
         ACE(c, weight=-1)
-
-
-# --- gradmatch -----------------------------------------------------------------------------------------------------
-
-
-def test_gradmatch_compares_weight_gradients_drawn_at_the_same_timesteps_and_noise(tiny_components):
-    """Against the artwork's own latent the weight gradients agree (loss ~0); against another latent they do not."""
-    x = _x()
-    obj = GradientMatch(tiny_components, samples=2)
-    with torch.no_grad():
-        own = vae_latents(tiny_components.vae, x)
-    pattern = 10 * torch.randn(own.shape, generator=_gen(1))  # far from the artwork's latent (RMS 0.05 here)
-    same = obj.loss(x, own, _gen(3)).detach()  # its latent is a posterior sample, within the small sigma of `own`
-    other = obj.loss(x, pattern, _gen(3)).detach()
-    assert 0 <= float(same) < 0.01 < float(other) <= 2
-    torch.testing.assert_close(obj.loss(x, pattern, _gen(3)).detach(), other)  # draws from the caller's generator
-    assert not any(p.requires_grad for p in tiny_components.unet.parameters())  # the shared UNet is left frozen
-    xa = x.clone().requires_grad_(True)
-    obj.loss(xa, pattern, _gen(3)).backward()  # second order: through the weight gradient to the pixels
-    assert xa.grad is not None and xa.grad.abs().sum() > 0
 
 
 # --- mist ----------------------------------------------------------------------------------------------------------

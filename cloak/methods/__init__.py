@@ -10,7 +10,6 @@ from cloak.methods.advdm import AdvDM
 from cloak.methods.aspl import ASPL
 from cloak.methods.base import Objective
 from cloak.methods.encoder import EncoderAttack
-from cloak.methods.gradmatch import GradientMatch
 from cloak.methods.mist import Mist
 from cloak.methods.pid import PID
 from cloak.methods.sdedit import EditAttack
@@ -27,7 +26,6 @@ METHODS: dict[str, type[Objective]] = {
     EditAttack.name: EditAttack,
     PID.name: PID,
     ACE.name: ACE,
-    GradientMatch.name: GradientMatch,
 }
 
 __all__ = ["METHODS", "Objective"]
