@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 
-from cloak.errors import ConfigError
 from cloak.methods.diffusion import (
     DIFFUSION_PARTS,
     add_noise,
     encode_prompt,
+    non_negative,
     positive_int,
     predicted_noise,
     prediction_type,
@@ -71,9 +71,7 @@ class ACE(EncoderAttack):
     ) -> None:
         super().__init__(components, target=target, period=period)
         prediction_type(components.require("scheduler"))
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0:
-            raise ConfigError(f"`weight` ({self.name} option) must be a number >= 0, got {weight!r}.")
-        self.weight = float(weight)
+        self.weight = non_negative(weight, "weight", self.name)
         self.samples = positive_int(samples, "samples", self.name)
         te, tok = components.require("text_encoder"), components.require("tokenizer")
         self.prompt_embeds = encode_prompt(te, tok, prompt)  # c: (1, 77, D)

@@ -40,6 +40,13 @@ def positive_int(value: object, name: str, method: str) -> int:
     return value
 
 
+def non_negative(value: object, name: str, method: str) -> float:
+    """Validate a weight option of a method: a number >= 0 (not a bool, not NaN), as a float."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ConfigError(f"`{name}` ({method} option) must be a number >= 0, got {value!r}.")
+    return float(value)
+
+
 def prompt_ids(tokenizer: CLIPTokenizer, prompt: str) -> torch.Tensor:
     """Token ids of ``prompt``, padded/truncated to the tokenizer's length (77 for CLIP): (1, 77) long, on CPU."""
     if not isinstance(prompt, str):

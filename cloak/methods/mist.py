@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from cloak.errors import ConfigError
-from cloak.methods.diffusion import DIFFUSION_PARTS, denoising_loss, encode_prompt, positive_int, prediction_type
+from cloak.methods.diffusion import (
+    DIFFUSION_PARTS,
+    denoising_loss,
+    encode_prompt,
+    non_negative,
+    positive_int,
+    prediction_type,
+)
 from cloak.methods.encoder import EncoderAttack
 from cloak.methods.sds import sds_surrogate
 from cloak.units import vae_latents
@@ -75,9 +82,7 @@ class Mist(EncoderAttack):
     ) -> None:
         super().__init__(components, target=target, period=period)
         prediction_type(components.require("scheduler"))
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0:
-            raise ConfigError(f"`weight` (mist option) must be a number >= 0, got {weight!r}.")
-        self.weight = float(weight)
+        self.weight = non_negative(weight, "weight", self.name)
         self.samples = positive_int(samples, "samples", self.name)
         if semantic not in SEMANTIC_TERMS:
             choices = ", ".join(SEMANTIC_TERMS)

@@ -32,7 +32,14 @@ import torch.nn.functional as F
 
 from cloak.errors import ConfigError
 from cloak.methods.base import Objective
-from cloak.methods.diffusion import DIFFUSION_PARTS, encode_prompt, img2img, prediction_type, sdedit_settings
+from cloak.methods.diffusion import (
+    DIFFUSION_PARTS,
+    encode_prompt,
+    img2img,
+    non_negative,
+    prediction_type,
+    sdedit_settings,
+)
 from cloak.targets import target_image
 from cloak.transforms import gaussian_blur
 from cloak.units import to_clip, vae_latents, vae_scale_factor
@@ -123,8 +130,7 @@ class StyleCloak(Objective):
         clip_weight: float = 1.0,
     ) -> None:
         super().__init__(components)
-        if not isinstance(clip_weight, (int, float)) or clip_weight < 0:
-            raise ConfigError(f"`clip_weight` (style option) must be a number >= 0, got {clip_weight!r}.")
+        clip_weight = non_negative(clip_weight, "clip_weight", self.name)
         self.strength, self.num_inference_steps, self.guidance_scale = sdedit_settings(
             strength, num_inference_steps, guidance_scale, self.name
         )
