@@ -255,11 +255,16 @@ def test_aspl_options_are_validated(tiny_components):
 # --- ace -----------------------------------------------------------------------------------------------------------
 
 
-def test_ace_pulls_the_noise_prediction_toward_the_target_latent(tiny_components):
-    """ACE written out by hand: z the posterior mean, then t and eps drawn, MSE(eps_theta(z_t, t, c), z_T)."""
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_ace_pulls_the_noise_prediction_toward_the_target_latent(tiny_components, kind):
+    """ACE written out by hand: z the posterior mean, then t and eps drawn, MSE(eps_theta(z_t, t, c), z_T); for a
+    v-prediction model eps_theta is the noise its output implies."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(tiny_components.scheduler.config, prediction_type=kind)
+    c = dataclasses.replace(tiny_components, scheduler=scheduler)
     x = _x()
-    ace = ACE(tiny_components)
-    c = tiny_components
+    ace = ACE(c)
     with torch.no_grad():
         target = ace.target(x, _gen())
         got = ace.loss(x, target, _gen(5))
@@ -268,7 +273,10 @@ def test_ace_pulls_the_noise_prediction_toward_the_target_latent(tiny_components
         t = torch.randint(0, 1000, (1,), generator=g)
         eps = torch.randn(z.shape, generator=g)
         a = c.scheduler.alphas_cumprod[t]
-        pred = c.unet(a.sqrt() * z + (1 - a).sqrt() * eps, t, encoder_hidden_states=ace.prompt_embeds).sample
+        z_t = a.sqrt() * z + (1 - a).sqrt() * eps
+        pred = c.unet(z_t, t, encoder_hidden_states=ace.prompt_embeds).sample
+        if kind == "v_prediction":
+            pred = a.sqrt() * pred + (1 - a).sqrt() * z_t
         want = F.mse_loss(pred, target)
         textural = F.mse_loss(z, target)
         with_textural = ACE(c, weight=2.0).loss(x, target, _gen(5))
