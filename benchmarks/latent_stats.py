@@ -8,7 +8,9 @@ the mimicry success its mimic reached, and prints, per defence, statistics of th
 - ``shared``: RMS of the mean of ``dz`` over the images (the part of the shift every image shares, which a fine-tune
   can learn as one feature);
 - ``shared/shift``: their ratio;
-- ``decoded``: RMS of ``D(E(x_cloaked)) - D(E(x))`` in 0-255 units (how much of the shift the decoder shows).
+- ``decoded``: RMS of ``D(E(x_cloaked)) - D(E(x))`` in 0-255 units (how much of the shift the decoder shows);
+- ``at_budget``: the share of pixel values the cloak changed by its largest change on the file, its L-inf budget (a
+  sign-step cloak ends mostly there; how much lies inside the box is what sets its PSNR at a given budget).
 
 and, for each artist, the Pearson correlation of each with the mean success across its defences. Images and scores
 are matched to each config by the harness's fingerprints, so a defence whose images or cells in the folder were made
@@ -84,21 +86,23 @@ def main() -> None:
                     continue
                 x = data.to_batch(clean)
                 with torch.no_grad():
-                    clean_latents[cell.artist] = (vae_latents(vae, x), vae_roundtrip(vae, x))
+                    clean_latents[cell.artist] = (vae_latents(vae, x), vae_roundtrip(vae, x), x)
             folder = args.out / "images" / cell.artist / cell.defence / f"seed{cell.seed}"
             cloaked = data.load_set(folder, names, inputs_of(config, cell.artist, cell.defence, seed=cell.seed))
             if cloaked is None:
                 skipped.add(f"{cell.defence} of {config_name} (images missing, or made with other settings)")
                 continue
             x = data.to_batch(cloaked)
-            z0, r0 = clean_latents[cell.artist]
+            z0, r0, x0 = clean_latents[cell.artist]
             with torch.no_grad():
                 dz = vae_latents(vae, x) - z0
                 decoded = float((vae_roundtrip(vae, x) - r0).pow(2).mean().sqrt()) * 255
+            change = ((x - x0) * 255).round().abs()
+            at_budget = float((change == change.max()).float().mean())
             shift = float(dz.pow(2).mean().sqrt())
             shared = float(dz.mean(0).pow(2).mean().sqrt())
             success[label].append(score)
-            stats[label].append((shift, shared, shared / shift, decoded))
+            stats[label].append((shift, shared, shared / shift, decoded, at_budget))
 
     table = sorted(
         (
@@ -111,9 +115,12 @@ def main() -> None:
     for (artist, _), clean in ((k, v) for k, v in success.items() if k[1] == CLEAN):
         print(f"{artist}: clean {np.mean(clean):.2f} ({len(clean)} seeds)")
     print(f"{'artist':14s} {'defence':26s} {'success':>7s} {'seeds':>5s} {'shift':>6s} {'shared':>6s} "
-          f"{'shared/shift':>12s} {'decoded':>7s}")
+          f"{'shared/shift':>12s} {'decoded':>7s} {'at_budget':>9s}")
     for (artist, defence), mean, n, s in table:
-        print(f"{artist:14s} {defence:26s} {mean:7.2f} {n:5d} {s[0]:6.3f} {s[1]:6.3f} {s[2]:12.3f} {s[3]:7.1f}")
+        print(
+            f"{artist:14s} {defence:26s} {mean:7.2f} {n:5d} {s[0]:6.3f} {s[1]:6.3f} {s[2]:12.3f} {s[3]:7.1f} "
+            f"{s[4]:9.2f}"
+        )
     for artist in sorted({label[0] for label, *_ in table}):
         rows_ = [row for row in table if row[0][0] == artist]
         if len(rows_) < 3:
