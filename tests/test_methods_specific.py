@@ -287,6 +287,29 @@ def test_ace_pulls_the_noise_prediction_toward_the_target_latent(tiny_components
         ACE(c, weight=-1)
 
 
+
+def test_ace_timestep_window_draws_t_from_it_only(tiny_components):
+    """``timesteps=[lo, hi]``: t drawn as ``randint(lo, hi)`` from the same generator, the rest as without it."""
+    x = _x()
+    ace = ACE(tiny_components, timesteps=[600, 1000])
+    with torch.no_grad():
+        target = ace.target(x, _gen())
+        got = ace.loss(x, target, _gen(5))
+        g = _gen(5)
+        z = vae_latents(tiny_components.vae, x)
+        t = torch.randint(600, 1000, (1,), generator=g)
+        eps = torch.randn(z.shape, generator=g)
+        a = tiny_components.scheduler.alphas_cumprod[t]
+        pred = tiny_components.unet(a.sqrt() * z + (1 - a).sqrt() * eps, t, encoder_hidden_states=ace.prompt_embeds)
+        whole = ACE(tiny_components).loss(x, target, _gen(5))
+    torch.testing.assert_close(got, F.mse_loss(pred.sample, target), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, whole)  # the same seed draws another t without the window
+    refused = r"`timesteps` \(ace option\) must be \[lo, hi\] with 0 <= lo < hi <= 1000"
+    for bad in ([500, 500], [-1, 10], [0, 1001], [0.1, 0.5], [10], "late", [True, 5]):
+        with pytest.raises(ConfigError, match=refused):
+            ACE(tiny_components, timesteps=bad)
+
+
 # --- mist ----------------------------------------------------------------------------------------------------------
 
 

@@ -79,14 +79,37 @@ class Noised:
     timesteps: torch.Tensor
 
 
-def add_noise(scheduler: DDPMScheduler, latents: torch.Tensor, generator: torch.Generator, samples: int = 1) -> Noised:
+def timestep_window(value: object, scheduler: DDPMScheduler, method: str) -> tuple[int, int] | None:
+    """Validate a ``timesteps`` option: ``None`` (all of them) or ``[lo, hi]``, ``0 <= lo < hi <= T``, as a tuple."""
+    if value is None:
+        return None
+    n_train = int(scheduler.config["num_train_timesteps"])
+    pair = list(value) if isinstance(value, (list, tuple)) and len(value) == 2 else []
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in pair) or not pair or not (
+        0 <= pair[0] < pair[1] <= n_train
+    ):
+        raise ConfigError(
+            f"`timesteps` ({method} option) must be [lo, hi] with 0 <= lo < hi <= {n_train} (t is drawn from "
+            f"lo, ..., hi - 1), got {value!r}."
+        )
+    return int(pair[0]), int(pair[1])
+
+
+def add_noise(
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    generator: torch.Generator,
+    samples: int = 1,
+    window: tuple[int, int] | None = None,
+) -> Noised:
     """Draw ``samples`` pairs ``t ~ U{0, ..., T-1}``, ``eps ~ N(0, I)`` and noise ``latents`` (1, C, h, w) with each.
 
-    Draw order (t first, then eps) is fixed so that methods sharing a generator seed draw the same values.
+    ``window = (lo, hi)`` draws ``t`` from ``lo, ..., hi - 1`` instead. Draw order (t first, then eps) is fixed so
+    that methods sharing a generator seed draw the same values.
     """
     shape = (samples, *latents.shape[1:])
-    n_train = scheduler.config["num_train_timesteps"]
-    t = torch.randint(0, n_train, shape[:1], generator=generator, device=generator.device)
+    lo, hi = window if window is not None else (0, scheduler.config["num_train_timesteps"])
+    t = torch.randint(lo, hi, shape[:1], generator=generator, device=generator.device)
     eps = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
     t, eps = t.to(latents.device), eps.to(latents.device, latents.dtype)
     z = latents.expand(shape)
