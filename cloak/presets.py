@@ -139,6 +139,19 @@ BASELINES: dict[str, Preset] = {
         reference="Li et al., ICML 2024; release: 0.05 in [0, 1] = 12.75/255, 1000 steps of 1/255, random start, loss "
         "add-log",
     ),
+    "mist-v2": Preset(
+        "ace",
+        4.0,
+        250,
+        "Mist v2 (ACE: the UNet's noise prediction pulled toward a target pattern's latent)",
+        step_size=0.6375,
+        random_start=False,
+        schedule="constant",
+        reference="Zheng et al. 2023; psyker-team/mist-v2 attacks/mist.py defaults: pgd_eps 8/255 on images in "
+        "[-1, 1] = 4/255, 5 rounds x 50 PGD steps of 5e-3 in [-1, 1] = 0.6375/255 from the clean image, mode lunet; "
+        "its target image MIST.png replaced by the stripes, its LoRA fine-tune between rounds left out "
+        "(cloak.methods.ace)",
+    ),
     "glaze-like": Preset(
         "style",
         16.0,

@@ -33,6 +33,7 @@ def test_baselines_carry_their_published_budgets():
         "aspl": 6.4,
         "sds": 16.0,
         "pid": 12.75,
+        "mist-v2": 4.0,
         "glaze-like": 16.0,
     }
     assert BASELINES["glaze-like"].lpips_bound == 0.05
@@ -48,6 +49,7 @@ def test_baselines_carry_their_published_step_rules():
         "aspl": (0.6375, "constant", False),
         "sds": (1.0, "constant", False),
         "pid": (1.0, "constant", True),
+        "mist-v2": (0.6375, "constant", False),
         "glaze-like": (None, "cosine", True),  # Glaze is no PGD: the project's rule
     }
     # the artist presets keep the project's rule

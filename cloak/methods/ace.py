@@ -19,11 +19,14 @@ report (Wang et al., "SimAC: A Simple Anti-Customization Method for Protecting F
 Synthesis of Diffusion Models", 2024) that the larger timesteps matter most. On the testbed they do not
 (docs/RESULTS.md): the noisier half protects as every timestep does, the cleaner half less.
 
-Departures from the release: it alternates the attack with a LoRA fine-tune of the UNet on the cloaked images (5
-rounds of 50 steps); here the pretrained UNet is attacked throughout, as AdvDM and SDS(-) are. Its target image is the
-project's stripes pattern rather than the release's ``MIST.png``; its budget and steps are the shared ones. For a
-v-prediction model the release compares the raw output with ``z_T``; here the output is turned into the noise it
-implies first, so the objective means the same for both kinds of model.
+Departures from the release: between its 5 rounds of 50 PGD steps it fine-tunes rank-4 LoRAs of the UNet and text
+encoder for one pass over the cloaked images, one AdamW step an image at lr 1e-4 (``attacks/mist.py`` defaults), so
+with N images the UNet of its last round has taken 4 N small LoRA steps from the pretrained one; here the pretrained
+UNet is attacked throughout, as AdvDM and SDS(-) are, and each image is cloaked alone. Its target image is the
+project's stripes pattern rather than the release's ``MIST.png``; its budget and steps are the shared ones (the
+``mist-v2`` baseline, ``cloak.presets``, takes the release's). For a v-prediction model the release compares the raw
+output with ``z_T``; here the output is turned into the noise it implies first, so the objective means the same for
+both kinds of model.
 
 On the testbed it protects as the encoder cloak does, 0.8 dB less visibly and at 1.6 times its time a step
 (docs/RESULTS.md, "ACE, Mist v2's loss").
