@@ -11,6 +11,8 @@ baseline is always part of it. Schema (every key but ``model``, ``artists`` and 
     seeds = [0, 1]                    # each seed: its own cloak, purification draws, fine-tune and samples
     attacks = ["jpeg:quality=75"]     # `attacks` spec strings; the unattacked images ("none") always run
     attack_clean = false              # also purify the clean baseline (shows what an attack costs the mimic)
+    output_attacks = ["blur:sigma=1"] # also score each cell's generations after these (the attacker cleaning
+                                      #   the mimic's output); the attacker keeps the one, or none, it gains most by
 
     [[artists]]                       # a testbed style ...
     style = "marbling"                #   name from cloak.testbed.artists.STYLES
@@ -246,6 +248,7 @@ class EvalConfig:
     defences: tuple[DefenceSpec, ...] = ()
     attacks: tuple[str, ...] = ()
     attack_clean: bool = False
+    output_attacks: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"
     dtype: str = "float32"
@@ -345,6 +348,11 @@ def parse_config(raw: dict[str, Any], path: Path) -> EvalConfig:
         raise ConfigError(
             f"{where}: `attacks` must be distinct specs and not 'none' (always run), got {list(attacks_)}."
         )
+    outputs = tuple(top.get("output_attacks", ()))
+    for spec in outputs:
+        _check_attack(spec, f"{where}: `output_attacks`")
+    if len(set(outputs)) != len(outputs):
+        raise ConfigError(f"{where}: `output_attacks` must be distinct specs, got {list(outputs)}.")
     _check_positive(generation, ("n", "num_inference_steps", "batch_size"), f"{where}: [generation]")
     if not generation.prompts:
         raise ConfigError(f"{where}: [generation] `prompts` must hold at least one prompt.")
@@ -356,6 +364,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> EvalConfig:
         defences=defences,
         attacks=attacks_,
         attack_clean=top.get("attack_clean", False),
+        output_attacks=outputs,
         seeds=tuple(seeds),
         device=top.get("device", "auto"),
         dtype=top.get("dtype", "float32"),

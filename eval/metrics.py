@@ -31,6 +31,7 @@ __all__ = [
     "clip_text_features",
     "frechet_distance",
     "judge_success",
+    "judged_share",
     "protection_effect",
     "retained_fraction",
     "seed_spread",
@@ -52,10 +53,15 @@ def judge_success(judge: Judge, images: Tensor, style: str) -> float:
     Returns:
         In [0, 1]; higher = the mimicry worked (1: every image judged in the artist's style).
     """
-    if style not in judge.style_names:
-        raise ConfigError(f"the judge does not know the style {style!r}; it knows {', '.join(judge.style_names)}.")
-    pred = judge.predict(images)
-    return float((pred == judge.style_names.index(style)).float().mean())
+    return judged_share(judge.name_counts(images), style, judge.style_names)
+
+
+def judged_share(counts: Mapping[str, int], style: str, style_names: Sequence[str]) -> float:
+    """The share of the judge's namings ``counts`` (``Judge.name_counts``) that name ``style``, one of
+    ``style_names``: ``judge_success`` from namings already counted."""
+    if style not in style_names:
+        raise ConfigError(f"the judge does not know the style {style!r}; it knows {', '.join(style_names)}.")
+    return counts.get(style, 0) / sum(counts.values())
 
 
 def style_similarity(feats: Tensor, ref_feats: Tensor) -> float:

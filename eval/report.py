@@ -25,6 +25,7 @@ from eval.config import EvalConfig
 from eval.summary import CLEAN, NO_ATTACK
 
 THUMB = 96  # px, side of each training-image thumbnail
+NAMED_SHOWN = 3  # styles shown of what the judge named a condition's generations, most first
 COLOURS = (
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
     "#393b79", "#e7969c",
@@ -69,6 +70,8 @@ def _fmt(v: Any, digits: int = 3) -> str:
         return f"{v:.{digits}g}" if math.isfinite(v) else str(v)
     if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, float) for x in v):  # an interval
         return f"{_fmt(v[0], digits)} to {_fmt(v[1], digits)}"
+    if isinstance(v, dict):  # the judge's namings, the scores after each output attack
+        return ", ".join(f"{_fmt(k)} {_fmt(n, 2)}" for k, n in v.items())
     return html.escape(str(v))
 
 
@@ -304,7 +307,7 @@ def plots(summary: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, str]
 
 def markdown_summary(summary: dict[str, list[dict[str, Any]]]) -> str:
     """The per-defence summary as a Markdown table (for a README or an issue)."""
-    cols = (
+    cols: tuple[str, ...] = (
         "artist",
         "defence",
         "mimic",
@@ -319,6 +322,8 @@ def markdown_summary(summary: dict[str, list[dict[str, Any]]]) -> str:
         "above_noise",
         "lower_on",
     )
+    if any("output_kept" in d for d in summary["defences"]):  # the config scored cleaned generations too
+        cols += ("output_attack", "output_kept")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(d.get(c)) for c in cols) + " |" for d in summary["defences"]]
     return "\n".join(lines) + "\n" + markdown_scores(summary)
@@ -342,6 +347,21 @@ def markdown_scores(summary: dict[str, list[dict[str, Any]]]) -> str:
         if cost:
             cells = [_fmt(cost.get(a), 3) for a in attacks]
             out.append("| *purified images' PSNR to their input, dB* | " + " | ".join(cells) + " |")
+        outputs = list(dict.fromkeys(spec for c in conds for spec in c.get("output_scores") or {}))
+        if outputs:
+            out.append(f"\n{artist}, {mimic}: mimicry success after cleaning the generations (mean over seeds)\n")
+            out += ["| defence | attack | none | " + " | ".join(outputs) + " |", "|" + "---|" * (len(outputs) + 3)]
+            out += [
+                f"| {c['defence']} | {c['attack']} | {_fmt(c['score'], 2)} | "
+                + " | ".join(_fmt((c.get("output_scores") or {}).get(spec), 2) for spec in outputs)
+                + " |"
+                for c in conds
+            ]
+        named = [c for c in conds if c.get("judged_as")]
+        if named:
+            out.append(f"\n{artist}, {mimic}: what the judge named the generations (share, all seeds)\n")
+            out += ["| defence | attack | named |", "|---|---|---|"]
+            out += [f"| {c['defence']} | {c['attack']} | {_named(c['judged_as'])} |" for c in named]
         # The retained fraction of every purification, not only the worst one the defence table gives.
         kept = {(c["defence"], c["attack"]): c["retained"] for c in conds if c["retained"] is not None}
         purified = [a for a in attacks if any(k[1] == a for k in kept)]
@@ -354,6 +374,13 @@ def markdown_scores(summary: dict[str, list[dict[str, Any]]]) -> str:
                 if any((d, a) in kept for a in purified)
             ]
     return "\n".join(out) + "\n" if out else ""
+
+
+def _named(shares: dict[str, float]) -> str:
+    """The judge's namings, most first: the first ``NAMED_SHOWN``, then what the rest add up to."""
+    rest = list(shares.values())[NAMED_SHOWN:]
+    shown = _fmt(dict(list(shares.items())[:NAMED_SHOWN]))
+    return shown + (f", {len(rest)} more {_fmt(sum(rest), 2)}" if rest else "")
 
 
 def _attack_cost(conds: list[dict[str, Any]]) -> dict[str, float]:
@@ -486,7 +513,9 @@ def write_report(
         "effect = score of the mimic trained on clean images minus score with the protection (and attack); "
         "compare it with the clean baseline's seed spread. Worst case = the attack (or none) that leaves the "
         "least effect; kept = the share of the unattacked effect it leaves, kept_ci its 90 % bootstrap interval "
-        "over seeds (far too narrow with few seeds).</p>",
+        "over seeds (far too narrow with few seeds). Where the config names output_attacks, output_attack is the "
+        "cleaning of the mimic's generations (or none) that scores the protected mimic highest, and output_kept the "
+        "share of the unattacked effect left then, against the clean mimic at its own best cleaning.</p>",
         "<h2>Summary</h2>",
         _table(
             summary["defences"],
@@ -508,6 +537,8 @@ def write_report(
                 "clean_spread",
                 "above_noise",
                 "lower_on",
+                "output_attack",
+                "output_kept",
             ),
             left=4,
         ),
@@ -523,7 +554,10 @@ def write_report(
         "<h2>Conditions</h2>",
         _table(
             summary["conditions"],
-            ("artist", "defence", "attack", "mimic", "n_seeds", "score", "effect", "retained", "attack_psnr"),
+            (
+                "artist", "defence", "attack", "mimic", "n_seeds", "score", "effect", "retained", "attack_psnr",
+                "output_scores", "judged_as",
+            ),
             left=4,
         ),
         "<h2>All cells</h2>",
@@ -538,6 +572,8 @@ def write_report(
                 "status",
                 "score",
                 "success",
+                "output_scores",
+                "judged_as",
                 "style_similarity",
                 "fd",
                 "clip_score",

@@ -13,6 +13,9 @@ checkpoints its rows into ``results.part<rank>.json`` and rank 0 merges them int
 Seeds are paired across conditions: seed ``s`` draws the same purification parameters, fine-tune batches and
 noise, and sampling noise for every defence, so conditions differ only by their images.
 
+With ``output_attacks`` in the config, each cell's generations are also scored after each of those purifications
+(the attacker cleaning the mimic's output instead of, or as well as, its training images): ``output_scores``.
+
 Outputs in ``out_dir``: ``results.json`` (cells + summary), ``results.csv`` (one row per cell), ``run.json``
 (config, versions, seeds, git revision; ``failed`` and ``error`` if the run stopped on an error), ``report.html``
 (self-contained), ``plots/*.svg`` and ``summary.md`` (the per-defence table in Markdown), ``images/`` (the cached
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import platform
 import subprocess
 import time
@@ -74,6 +78,8 @@ CSV_COLUMNS = (
     "score",
     "score_name",
     "success",
+    "judged_as",
+    "output_scores",
     "style_similarity",
     "fd",
     "clip_score",
@@ -96,7 +102,7 @@ PART_GLOB = "results.part*.json"  # one rank's checkpoint in a multi-process run
 # so without this a config run into a folder after another one would redo the first one's cells.
 ARCHIVE = "cells-archive.json"
 # Independent random streams per seed (the same for every defence, so conditions are paired).
-_ATTACK, _FINETUNE, _SAMPLE, _CLASS, _CLOAK = range(1, 6)
+_ATTACK, _FINETUNE, _SAMPLE, _CLASS, _CLOAK, _OUTPUT = range(1, 7)
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,8 @@ def inputs_of(
             generation=config.generation,
             metrics=config.metrics,
         )
+        if config.output_attacks:  # only when set: cells of configs without them keep their fingerprints
+            out["output_attacks"] = config.output_attacks
     return out
 
 
@@ -436,8 +444,11 @@ class _Grid:
         Style similarity and the Frechet distance use the judge's features when there is a judge, else CLIP's.
         """
         row: dict[str, Any] = {"n_generated": int(images.shape[0]), "sharpness": M.sharpness(images)}
-        if self.judge is not None and artist.style is not None and artist.style in self.judge.style_names:
-            row["success"] = M.judge_success(self.judge, images, artist.style)
+        if self.judge is not None:
+            # what the judge names the generations: whether a protected mimic paints some other known style
+            row["judged_as"] = self.judge.name_counts(images)
+            if artist.style is not None and artist.style in self.judge.style_names:
+                row["success"] = M.judged_share(row["judged_as"], artist.style, self.judge.style_names)
         clip_feats = None
         if self.clip is not None:
             assert self.clip_tokenizer is not None  # _load_clip loads it with the model
@@ -457,6 +468,16 @@ class _Grid:
         elif row.get("style_similarity") is not None:
             row["score"], row["score_name"] = row["style_similarity"], "style_similarity"
         return row
+
+    def output_scores(self, cell: Cell, images: torch.Tensor, prompts: list[str]) -> dict[str, float | None]:
+        """The cell's mimicry score after each of the config's ``output_attacks`` cleans its generations."""
+        artist = self.artists[cell.artist]
+        scores: dict[str, float | None] = {}
+        for spec in self.config.output_attacks:
+            with torch.no_grad():
+                cleaned = self._purifier(spec)(images.to(self.components.device), _stream(cell.seed, _OUTPUT))
+            scores[spec] = self.measure(artist, cleaned, prompts).get("score")
+        return scores
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         if self.judge is not None:
@@ -483,6 +504,8 @@ class _Grid:
             row.update({f"vis_{k}": v for k, v in vis.items()})
         images, prompts = self.mimic(cell, train)
         row.update(self.measure(self.artists[cell.artist], images, prompts))
+        if self.config.output_attacks:
+            row["output_scores"] = self.output_scores(cell, images, prompts)
         grid = data.from_batch(images[:GRID_IMAGES])
         path = self.out / "generations" / f"{data.slug(cell.key)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -507,8 +530,6 @@ def _load_rows(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _archive_id(row: dict[str, Any]) -> str:
-    import json
-
     return row["key"] + " " + json.dumps(row.get("inputs"), sort_keys=True)
 
 
@@ -520,8 +541,6 @@ def _load_archive(path: Path, prints: dict[str, Any]) -> dict[str, dict[str, Any
 
 
 def _load_rows_list(path: Path) -> list[dict[str, Any]]:
-    import json
-
     if not path.is_file():
         return []
     try:
@@ -541,13 +560,21 @@ def _update_archive(out_dir: Path, rows: dict[str, dict[str, Any]]) -> None:
     atomic_write_json(path, {"cells": list(archived.values())})
 
 
+def _csv_value(v: Any) -> Any:
+    """A cell of the CSV: empty for not measured; a mapping (the judge's namings, the scores after each output
+    attack) as JSON."""
+    if v is None:
+        return ""
+    return json.dumps(v) if isinstance(v, dict) else v
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """The tidy table: one row per cell, ``CSV_COLUMNS`` in order (empty = not measured)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_COLUMNS})
+        writer.writerow({k: _csv_value(r.get(k)) for k in CSV_COLUMNS})
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
+from cloak.testbed.judge import most_first
 from eval.metrics import kept_interval, protection_effect, retained_fraction, seed_spread, worst_case
 
 CLEAN = "clean"
@@ -33,25 +34,40 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
 
     Returns:
         ``{"conditions": [...], "defences": [...]}``. A condition is one (artist, defence, attack, mimic) with
-        ``score`` (mean over seeds), ``n_seeds``, ``effect`` (``protection_effect`` vs the clean unattacked
-        baseline; None without one), ``retained`` (``retained_fraction`` vs the same defence unattacked) and
-        ``attack_psnr`` (the purified training images' PSNR to the images purified, dB, mean over the seeds
-        that recorded it; None unattacked or unrecorded). A defence entry is one (artist, defence, mimic) with
-        ``effect`` (unattacked), ``worst_attack`` and ``worst_effect`` (``worst_case`` over its attacks,
-        "none" included), ``kept`` (``retained_fraction`` of the worst case: the share of the unattacked
-        effect the attacker's best purification leaves; None without an effect or without a purification),
-        ``kept_ci`` (``[low, high]``: ``kept_interval``, the 90 % bootstrap interval of ``kept`` over the
-        seeds every condition finished; None with fewer than 2), ``clean_spread`` (``seed_spread`` of the
-        clean baseline), ``above_noise`` (the unattacked effect exceeds that spread), ``lower_on`` (``"k/n"``:
-        on k of the n seeds both ran, the protected mimic scored below the clean one, seed for seed),
-        ``effect_range`` (``[low, high]``: the unattacked effect of a single seed, clean and protected paired by
-        seed; None with fewer than 2) and the defence's mean visibility figures.
+        ``score`` (mean over seeds), ``n_seeds``, ``effect`` (``protection_effect`` vs the clean unattacked baseline;
+        None without one), ``retained`` (``retained_fraction`` vs the same defence unattacked), ``attack_psnr`` (the
+        purified training images' PSNR to the images purified, dB, mean over the seeds that recorded it; None
+        unattacked or unrecorded), ``judged_as`` (``{style: share}``, most first: what the testbed's judge named the
+        generations of every seed, pooled; None without a judge) and ``output_scores`` (``{spec: score}``, mean over
+        seeds, after each of the config's ``output_attacks``; None without them). A defence entry is one (artist,
+        defence, mimic) with ``effect`` (unattacked), ``worst_attack`` and ``worst_effect`` (``worst_case`` over its
+        attacks, "none" included), ``kept`` (``retained_fraction`` of the worst case: the share of the unattacked
+        effect the attacker's best purification leaves; None without an effect or without a purification), ``kept_ci``
+        (``[low, high]``: ``kept_interval``, the 90 % bootstrap interval of ``kept`` over the seeds every condition
+        finished; None with fewer than 2), ``clean_spread`` (``seed_spread`` of the clean baseline), ``above_noise``
+        (the unattacked effect exceeds that spread), ``lower_on`` (``"k/n"``: on k of the n seeds both ran, the
+        protected mimic scored below the clean one, seed for seed), ``effect_range`` (``[low, high]``: the unattacked
+        effect of a single seed, clean and protected paired by seed; None with fewer than 2), the defence's mean
+        visibility figures and, with ``output_attacks``, ``output_attack``, ``output_effect`` and ``output_kept``
+        (``_output_case``).
     """
     by_seed = _scores_by_seed(rows)
     costs: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
     for r in rows:
         if r.get("status") == "ok" and r.get("attack_psnr") is not None:
             costs[(r["artist"], r["defence"], r["attack"], r["mimic"])].append(r["attack_psnr"])
+    named: dict[tuple[str, str, str, str], dict[str, int]] = defaultdict(dict)
+    for r in rows:
+        if r.get("status") == "ok" and r.get("judged_as"):
+            pooled = named[(r["artist"], r["defence"], r["attack"], r["mimic"])]
+            for style, n in r["judged_as"].items():
+                pooled[style] = pooled.get(style, 0) + n
+    cleaned: dict[tuple[str, str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.get("status") == "ok":
+            for spec, value in (r.get("output_scores") or {}).items():
+                if value is not None:
+                    cleaned[(r["artist"], r["defence"], r["attack"], r["mimic"])][spec].append(value)
     scores = {k: list(v.values()) for k, v in by_seed.items()}
     means = {k: fmean(v) for k, v in scores.items()}
     conditions: list[dict[str, Any]] = []
@@ -75,6 +91,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
                 "effect": effect,
                 "retained": retained,
                 "attack_psnr": fmean(costs[key]) if (key := (artist, defence, attack, mimic)) in costs else None,
+                "judged_as": _shares(named[key]) if key in named else None,
+                "output_scores": {spec: fmean(v) for spec, v in cleaned[key].items()} if key in cleaned else None,
             }
         )
     vis: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -129,9 +147,34 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         entry["effect_range"] = [min(each), max(each)] if len(each) > 1 else None
         if entry["kept"] is not None:
             entry["kept_ci"] = _kept_ci(by_seed, artist, defence, mimic, list(effects))
+        entry.update(_output_case(conditions, artist, defence, mimic, entry["effect"]))
         entry.update({k: fmean(v) for k, v in vis[(artist, defence)].items()})
         defences.append(entry)
     return {"conditions": conditions, "defences": defences}
+
+
+def _output_case(
+    conditions: list[dict[str, Any]], artist: str, defence: str, mimic: str, effect: float | None
+) -> dict[str, Any]:
+    """When the attacker also cleans the mimic's generations (``output_attacks``): the cleaning (or none) that
+    scores the mimic trained on the unpurified protected images highest, ``output_attack``; the effect left,
+    ``output_effect``, against the clean mimic at its own best cleaning; and ``output_kept``, its share of the
+    unpurified effect. Empty where no output attack was scored."""
+    find = {(c["defence"], c["attack"]): c for c in conditions if c["artist"] == artist and c["mimic"] == mimic}
+    clean, protected = find.get((CLEAN, NO_ATTACK)), find.get((defence, NO_ATTACK))
+    if not clean or not protected or not clean["output_scores"] or not protected["output_scores"]:
+        return {}
+    best = {NO_ATTACK: protected["score"], **protected["output_scores"]}
+    attack = max(best, key=lambda a: best[a])  # a tie keeps the earlier: none first
+    out_effect = protection_effect(max(clean["score"], *clean["output_scores"].values()), best[attack])
+    kept = retained_fraction(out_effect, effect) if effect is not None else None
+    return {"output_attack": attack, "output_effect": out_effect, "output_kept": kept}
+
+
+def _shares(counts: dict[str, int]) -> dict[str, float]:
+    """Counts as shares of their total, most first."""
+    total = sum(counts.values())
+    return {style: n / total for style, n in most_first(counts).items()}
 
 
 def _kept_ci(

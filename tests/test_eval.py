@@ -14,7 +14,7 @@ from PIL import Image
 
 from cloak.errors import ConfigError
 from cloak.optim import PGDConfig
-from cloak.testbed.judge import Judge, JudgeConfig, JudgeNet
+from cloak.testbed.judge import Judge, JudgeConfig, JudgeNet, most_first
 from eval import data
 from eval import metrics as M
 from eval.config import builtin_configs, load_config
@@ -181,6 +181,12 @@ def test_judge_success_counts_the_artists_style():
     pred = judge.predict(x)
     assert M.judge_success(judge, x, "a") == pytest.approx(float((pred == 0).float().mean()))
     assert M.judge_success(judge, x, "a") + M.judge_success(judge, x, "b") == pytest.approx(1.0)
+    named = judge.name_counts(x)  # what the runner records as judged_as: most first, no zero counts
+    expected = {"a": int((pred == 0).sum()), "b": int((pred == 1).sum())}
+    assert named == {k: v for k, v in expected.items() if v} and sum(named.values()) == 6
+    assert list(named.values()) == sorted(named.values(), reverse=True)
+    assert M.judged_share(named, "a", judge.style_names) == M.judge_success(judge, x, "a")
+    assert list(most_first({"b": 2, "c": 5, "a": 2})) == ["c", "a", "b"]  # ties by name
     with pytest.raises(ConfigError, match="does not know the style 'c'"):
         M.judge_success(judge, x, "c")
 
@@ -247,7 +253,7 @@ def test_kept_interval_resamples_paired_seeds_and_lets_the_attacker_pick_again()
 
 
 def test_summary_effect_retained_worst_case_and_spread():
-    def row(defence, attack, seed, score):
+    def row(defence, attack, seed, score, judged_as=None, output_scores=None):
         return {
             "artist": "x",
             "defence": defence,
@@ -259,13 +265,15 @@ def test_summary_effect_retained_worst_case_and_spread():
             "method": None if defence == "clean" else "encoder",
             "eps": None,
             "vis_psnr": 35.0,
+            "judged_as": judged_as,
+            "output_scores": output_scores,
         }
 
     rows = [
         row("clean", "none", 0, 0.9),
         row("clean", "none", 1, 0.7),
-        row("enc", "none", 0, 0.2),
-        row("enc", "none", 1, 0.2),
+        row("enc", "none", 0, 0.2, {"x": 3, "y": 1}),
+        row("enc", "none", 1, 0.2, {"x": 3, "z": 1}),
         row("enc", "jpeg", 0, 0.5),
         row("enc", "jpeg", 1, 0.5),
     ]
@@ -298,6 +306,31 @@ def test_summary_effect_retained_worst_case_and_spread():
     assert "| clean | 0.8 |  |" in table and "| enc | 0.2 | 0.5 |" in table
     kept = table[table.index("| defence | jpeg |") :]  # the share kept, per purification: jpeg leaves 0.3 of 0.6
     assert kept[2] == "| enc | 0.5 |" and len(kept) == 3  # the clean images have no effect to keep
+    # the judge's namings, pooled over seeds (6 of 8 named x), in conditions and in their own table
+    unprotected = next(c for c in s["conditions"] if c["defence"] == "enc" and c["attack"] == "none")
+    assert unprotected["judged_as"] == {"x": 0.75, "y": 0.125, "z": 0.125} and jpeg["judged_as"] is None
+    assert "| enc | none | x 0.75, y 0.12, z 0.12 |" in table  # ties by name
+    assert not any(line.startswith("| clean | none |") for line in table)  # no namings recorded: no row
+    assert "output_kept" not in d and "output_kept" not in markdown_summary(s)  # no output attack scored
+
+    # The attacker also cleans the generations: blur gives the protected mimic 0.4 (against 0.2), the clean one
+    # 0.7 (against 0.8, so it keeps its raw 0.8): 0.4 of the unpurified effect of 0.6 is left.
+    cleaned = [
+        row("clean", "none", 0, 0.9, output_scores={"blur": 0.8, "jpeg": 0.5}),
+        row("clean", "none", 1, 0.7, output_scores={"blur": 0.6, "jpeg": 0.5}),
+        row("enc", "none", 0, 0.2, output_scores={"blur": 0.5, "jpeg": 0.1}),
+        row("enc", "none", 1, 0.2, output_scores={"blur": 0.3, "jpeg": 0.1}),
+    ]
+    out = summarise(cleaned)
+    (d,) = out["defences"]
+    assert d["output_attack"] == "blur" and d["output_effect"] == pytest.approx(0.4)
+    assert d["output_kept"] == pytest.approx(0.4 / 0.6)
+    assert out["conditions"][0]["output_scores"] == pytest.approx({"blur": 0.7, "jpeg": 0.5})  # clean
+    assert "| enc | none | 0.2 | 0.4 | 0.1 |" in markdown_scores(out).splitlines()
+    assert "| blur | 0.667 |" in markdown_summary(out)
+    # a cleaning that helps nobody leaves the attacker unpurified: the output case is the plain effect
+    (plain,) = summarise([{**r, "output_scores": {"jpeg": r["output_scores"]["jpeg"]}} for r in cleaned])["defences"]
+    assert plain["output_attack"] == "none" and plain["output_kept"] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -376,6 +409,9 @@ def test_cli_help_points_to_the_builtin_configs_and_an_unknown_name_lists_them()
         (MINIMAL + "[[defences]]\nmethod = 'nope'\neps = 8\n", "unknown method 'nope'"),
         ("attacks = ['jpeg:quality=500']\n" + MINIMAL, "`attacks`"),
         ("attacks = ['sharpen']\n" + MINIMAL, "unknown attack 'sharpen'"),
+        ("output_attacks = ['sharpen']\n" + MINIMAL, "`output_attacks`: unknown attack 'sharpen'"),
+        ("output_attacks = ['blur', 'blur']\n" + MINIMAL, "`output_attacks` must be distinct"),
+        ("output_attacks = ['none']\n" + MINIMAL, "`output_attacks`: unknown attack 'none'"),  # always scored
         (MINIMAL.replace('model = "m"', 'model = "m"\nseeds = [1, 1]'), "`seeds` must be distinct"),
         (MINIMAL.replace('model = "m"\n', ""), "the key `model` is missing"),
         (MINIMAL + "[generation]\nn = 0\n", r"\[generation\]: `n` must be >= 1"),
@@ -415,6 +451,14 @@ def test_smooth_defence_and_fingerprints_of_unset_later_options(tmp_path):
     before = {k: v for k, v in dataclasses.asdict(ours).items() if k not in _LATER_OPTIONS}
     assert fingerprint({"defence": ours}) == fingerprint({"defence": before})
     assert fingerprint({"defence": soft}) != fingerprint({"defence": dataclasses.replace(soft, smooth=None)})
+    # likewise a grid's cells before `output_attacks` existed; naming some makes different cells
+    from eval.runner import inputs_of
+
+    plain = load_config(_write(tmp_path, text))
+    cleaning = dataclasses.replace(plain, output_attacks=("blur",))
+    assert "output_attacks" not in inputs_of(plain, "marbling", mimic="dreambooth")
+    assert inputs_of(cleaning, "marbling", mimic="dreambooth")["output_attacks"] == ("blur",)
+    assert inputs_of(cleaning, "marbling") == inputs_of(plain, "marbling")  # the image sets are the same
 
 
 def test_defence_from_a_preset_or_baseline(tmp_path):
@@ -472,6 +516,7 @@ model = "{tiny_model_dir}"
 device = "cpu"
 seeds = [0]
 attacks = ["jpeg:quality=50"]
+output_attacks = ["blur:sigma=1"]
 
 [[artists]]
 name = "alice"
@@ -536,6 +581,12 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     assert len(cells) == 3 + 2 * 2 * 3  # clean x 3 mimics + 2 defences x (none, jpeg) x 3 mimics
     assert all(c["status"] == "ok" for c in cells)
     assert all(c["score_name"] == "style_similarity" and -1 <= c["score"] <= 1 for c in cells)
+    # the judge names every generation one of its styles, even for an artist it does not know
+    assert all(set(c["judged_as"]) <= {"a", "b"} and sum(c["judged_as"].values()) == c["n_generated"] for c in cells)
+    # and scores every cell's generations again after the attacker's cleaning of them
+    assert all(list(c["output_scores"]) == ["blur:sigma=1"] for c in cells)
+    assert all(-1 <= c["output_scores"]["blur:sigma=1"] <= 1 for c in cells)
+    assert any(c["output_scores"]["blur:sigma=1"] != c["score"] for c in cells)
     glaze = next(c for c in cells if c["defence"] == "glaze" and c["attack"] == "none")
     assert glaze["vis_linf"] == 3.0 and glaze["method"] == "precomputed"
     enc = next(c for c in cells if c["defence"] == "encoder-8" and c["attack"] == "none")
@@ -543,6 +594,7 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     with (out / "results.csv").open() as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(cells) and tuple(table[0]) == CSV_COLUMNS
+    assert json.loads(table[0]["judged_as"]) == cells[0]["judged_as"]
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["config"]["name"] == "micro" and run_info["seeds"] == [0] and "torch" in run_info["versions"]
     report = (out / "report.html").read_text()
@@ -560,6 +612,8 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     jpeg_conditions = [c for c in results["summary"]["conditions"] if c["attack"] != "none"]
     assert all(c["attack_psnr"] is not None for c in jpeg_conditions)
     assert "purified images' PSNR to their input, dB" in (out / "summary.md").read_text()
+    assert "what the judge named the generations" in (out / "summary.md").read_text()
+    assert "after cleaning the generations" in (out / "summary.md").read_text()
 
     lines = []
     assert run(micro_grid, out, progress=False, log=lines.append) == 0

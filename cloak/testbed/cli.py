@@ -172,12 +172,10 @@ def judge(
     Prints, for each folder, how many images the judge names as each style (most first) and, with `--style`, the
     share named as that style. An unreadable file is reported and skipped; the others are still judged.
     """
-    import torch
-
     from cloak.errors import ConfigError, ImageError
     from cloak.imageio import SUPPORTED_SUFFIXES, load_artwork, to_tensor
     from cloak.testbed.artists import style_index
-    from cloak.testbed.judge import load_judge
+    from cloak.testbed.judge import load_judge, most_first
 
     if style is not None:
         try:
@@ -202,15 +200,14 @@ def judge(
                 typer.echo(f"skipped: {err}", err=True)
                 failed = True
                 continue
-            with torch.no_grad():
-                name = model.style_names[int(model.predict(to_tensor(rgb))[0])]
-            counts[name] = counts.get(name, 0) + 1
+            for name, k in model.name_counts(to_tensor(rgb)).items():
+                counts[name] = counts.get(name, 0) + k
         n = sum(counts.values())
         if n == 0:
             typer.echo(f"{folder}: no readable images ({', '.join(sorted(SUPPORTED_SUFFIXES))})")
             failed = True
             continue
-        named = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        named = ", ".join(f"{k} {v}" for k, v in most_first(counts).items())
         share = f"; named {style}: {counts.get(style, 0) / n:.2f}" if style is not None else ""
         typer.echo(f"{folder}: {n} image(s): {named}{share}")
     if failed:

@@ -100,6 +100,14 @@ class Judge:
         """Style indices ``(B,)`` (int64) for images ``(B, 3, H, W)`` in [0, 1]."""
         return self.logits(x).argmax(dim=1)
 
+    def name_counts(self, x: Tensor) -> dict[str, int]:
+        """How many of the images ``(B, 3, H, W)`` in [0, 1] the judge names each style: ``most_first``, styles
+        named by none left out."""
+        counts: dict[str, int] = {}
+        for i in self.predict(x).tolist():
+            counts[self.style_names[i]] = counts.get(self.style_names[i], 0) + 1
+        return most_first(counts)
+
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
         """Penultimate features ``(B, D)`` for images ``(B, 3, H, W)`` in [0, 1]."""
@@ -114,6 +122,11 @@ class Judge:
         (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"))
+
+
+def most_first(counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` ordered by count, most first, ties by name: the order in which the judge's namings are shown."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def load_judge(device: str | torch.device = "cpu", folder: str | Path | None = None) -> Judge:
