@@ -341,18 +341,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> EvalConfig:
         raise ConfigError(
             f"{where}: `model` must name a model (`testbed`, a hub id or a folder), got {top['model']!r}."
         )
-    attacks_ = tuple(top.get("attacks", ()))
-    for spec in attacks_:
-        _check_attack(spec, f"{where}: `attacks`")
-    if len(set(attacks_)) != len(attacks_) or "none" in attacks_:
-        raise ConfigError(
-            f"{where}: `attacks` must be distinct specs and not 'none' (always run), got {list(attacks_)}."
-        )
-    outputs = tuple(top.get("output_attacks", ()))
-    for spec in outputs:
-        _check_attack(spec, f"{where}: `output_attacks`")
-    if len(set(outputs)) != len(outputs):
-        raise ConfigError(f"{where}: `output_attacks` must be distinct specs, got {list(outputs)}.")
+    attacks_ = _attack_specs(top, "attacks", where)
+    outputs = _attack_specs(top, "output_attacks", where)
     _check_positive(generation, ("n", "num_inference_steps", "batch_size"), f"{where}: [generation]")
     if not generation.prompts:
         raise ConfigError(f"{where}: [generation] `prompts` must hold at least one prompt.")
@@ -602,6 +592,16 @@ def _mimic(t: dict[str, Any], where: str) -> list[MimicSpec]:
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     return [MimicSpec(name=_safe_name(name or kind, where), kind=kind, finetune=ft)]
+
+
+def _attack_specs(top: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    """The list of attack specs under ``key`` (``attacks``, ``output_attacks``), each checked, none twice."""
+    specs = tuple(top.get(key, ()))
+    for spec in specs:
+        _check_attack(spec, f"{where}: `{key}`")
+    if len(set(specs)) != len(specs) or "none" in specs:
+        raise ConfigError(f"{where}: `{key}` must be distinct specs and not 'none' (always run), got {list(specs)}.")
+    return specs
 
 
 def _check_attack(spec: Any, where: str) -> None:
