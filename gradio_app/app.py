@@ -31,8 +31,8 @@ Add your images, choose how strong the protection should be, and press **Protect
 The page adds a small, carefully computed change (a "cloak") to each picture that makes it harder for AI image
 models to learn your style from it. It is not a guarantee: in our tests it weakens copying of some styles and not of
 others, and blurring the pictures can undo it. A model trained on protected pictures still picks up their colours and
-layout; what it paints comes out under a texture, which a copier can partly filter away. Your files stay on this
-computer: nothing is uploaded anywhere."""
+layout; what it paints comes out under a texture, and a copier who filters that texture away gets back much, for some
+styles all, of what the cloak took. Your files stay on this computer: nothing is uploaded anywhere."""
 
 COMPARISON = {"before": "Before", "after": "After (protected)", "difference": "The change, amplified"}
 PRESET_LABELS = {"fast": "Fast", "default": "Default (recommended)", "strong": "Strong"}
