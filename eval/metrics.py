@@ -263,6 +263,7 @@ def kept_interval(
     clean: Sequence[float],
     protected: Mapping[str, Sequence[float]],
     *,
+    clean_attacked: Mapping[str, Sequence[float]] | None = None,
     level: float = KEPT_LEVEL,
     draws: int = 4000,
     seed: int = 0,
@@ -280,6 +281,10 @@ def kept_interval(
         clean: the clean, unattacked mimic's score per seed.
         protected: the protected mimic's score per seed for each attack, ``"none"`` (unattacked) included; entry
             ``i`` of every sequence comes from the same seed as ``clean[i]``.
+        clean_attacked: the clean mimic's score per seed after each attack, for attacks that cost the clean mimic
+            too (cleanings of the generations, ``eval.summary``): the worst case is then measured against the clean
+            mimic at its best, unattacked or after one of these, in every draw; the unattacked effect stays
+            against the unattacked clean mimic. None: every effect against the unattacked clean mimic.
         level: the interval's coverage, in (0, 1).
         draws: bootstrap draws.
         seed: the draws' seed (the interval is reproducible).
@@ -290,16 +295,22 @@ def kept_interval(
     if "none" not in protected or len(clean) < 2:
         return None
     n = len(clean)
-    if any(len(v) != n for v in protected.values()):
-        counts = [len(v) for v in protected.values()]
+    conditions = [*protected.values(), *(clean_attacked or {}).values()]
+    if any(len(v) != n for v in conditions):
+        counts = [len(v) for v in conditions]
         raise ConfigError(f"every condition needs one score per seed ({n}), got {counts}.")
     if not 0 < level < 1:
         raise ConfigError(f"`level` must be in (0, 1), got {level}.")
     picks = np.random.default_rng(seed).integers(0, n, size=(draws, n))
-    base = np.asarray(clean, dtype=float)[picks].mean(axis=1)
-    effects = np.stack([base - np.asarray(v, dtype=float)[picks].mean(axis=1) for v in protected.values()])
-    unattacked = effects[list(protected).index("none")]
-    worst = effects.min(axis=0)
+
+    def means(scores: Sequence[float]) -> np.ndarray:  # the mean score of every draw's seeds
+        return np.asarray(scores, dtype=float)[picks].mean(axis=1)
+
+    base = means(clean)
+    scores = np.stack([means(v) for v in protected.values()])
+    unattacked = base - scores[list(protected).index("none")]
+    reference = np.max([base, *(means(v) for v in (clean_attacked or {}).values())], axis=0)
+    worst = reference - scores.max(axis=0)
     kept = np.where(unattacked > 0, worst / np.where(unattacked > 0, unattacked, 1.0), 0.0)
     low, high = np.quantile(kept, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)

@@ -323,7 +323,7 @@ def markdown_summary(summary: dict[str, list[dict[str, Any]]]) -> str:
         "lower_on",
     )
     if any("output_kept" in d for d in summary["defences"]):  # the config scored cleaned generations too
-        cols += ("output_attack", "output_kept")
+        cols += ("output_attack", "output_kept", "output_kept_ci")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(d.get(c)) for c in cols) + " |" for d in summary["defences"]]
     return "\n".join(lines) + "\n" + markdown_scores(summary)
@@ -515,7 +515,8 @@ def write_report(
         "least effect; kept = the share of the unattacked effect it leaves, kept_ci its 90 % bootstrap interval "
         "over seeds (far too narrow with few seeds). Where the config names output_attacks, output_attack is the "
         "cleaning of the mimic's generations (or none) that scores the protected mimic highest, and output_kept the "
-        "share of the unattacked effect left then, against the clean mimic at its own best cleaning.</p>",
+        "share of the unattacked effect left then, against the clean mimic at its own best cleaning (output_kept_ci "
+        "its interval, as kept_ci is kept's).</p>",
         "<h2>Summary</h2>",
         _table(
             summary["defences"],
@@ -539,6 +540,7 @@ def write_report(
                 "lower_on",
                 "output_attack",
                 "output_kept",
+                "output_kept_ci",
             ),
             left=4,
         ),

@@ -48,8 +48,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         (the unattacked effect exceeds that spread), ``lower_on`` (``"k/n"``: on k of the n seeds both ran, the
         protected mimic scored below the clean one, seed for seed), ``effect_range`` (``[low, high]``: the unattacked
         effect of a single seed, clean and protected paired by seed; None with fewer than 2), the defence's mean
-        visibility figures and, with ``output_attacks``, ``output_attack``, ``output_effect`` and ``output_kept``
-        (``_output_case``).
+        visibility figures and, with ``output_attacks``, ``output_attack``, ``output_effect``, ``output_kept``
+        (``_output_case``) and ``output_kept_ci``, its 90 % bootstrap interval as ``kept_ci`` is ``kept``'s.
     """
     by_seed = _scores_by_seed(rows)
     costs: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
@@ -62,12 +62,12 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
             pooled = named[(r["artist"], r["defence"], r["attack"], r["mimic"])]
             for style, n in r["judged_as"].items():
                 pooled[style] = pooled.get(style, 0) + n
-    cleaned: dict[tuple[str, str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    cleaned: dict[tuple[str, str, str, str], dict[str, dict[Any, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         if r.get("status") == "ok":
             for spec, value in (r.get("output_scores") or {}).items():
                 if value is not None:
-                    cleaned[(r["artist"], r["defence"], r["attack"], r["mimic"])][spec].append(value)
+                    cleaned[(r["artist"], r["defence"], r["attack"], r["mimic"])][spec][r.get("seed")] = value
     scores = {k: list(v.values()) for k, v in by_seed.items()}
     means = {k: fmean(v) for k, v in scores.items()}
     conditions: list[dict[str, Any]] = []
@@ -92,7 +92,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
                 "retained": retained,
                 "attack_psnr": fmean(costs[key]) if (key := (artist, defence, attack, mimic)) in costs else None,
                 "judged_as": _shares(named[key]) if key in named else None,
-                "output_scores": {spec: fmean(v) for spec, v in cleaned[key].items()} if key in cleaned else None,
+                "output_scores": (
+                    {spec: fmean(v.values()) for spec, v in cleaned[key].items()} if key in cleaned else None
+                ),
             }
         )
     vis: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -148,6 +150,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
         if entry["kept"] is not None:
             entry["kept_ci"] = _kept_ci(by_seed, artist, defence, mimic, list(effects))
         entry.update(_output_case(conditions, artist, defence, mimic, entry["effect"]))
+        if entry.get("output_kept") is not None:
+            entry["output_kept_ci"] = _output_kept_ci(by_seed, cleaned, artist, defence, mimic)
         entry.update({k: fmean(v) for k, v in vis[(artist, defence)].items()})
         defences.append(entry)
     return {"conditions": conditions, "defences": defences}
@@ -169,6 +173,27 @@ def _output_case(
     out_effect = protection_effect(max(clean["score"], *clean["output_scores"].values()), best[attack])
     kept = retained_fraction(out_effect, effect) if effect is not None else None
     return {"output_attack": attack, "output_effect": out_effect, "output_kept": kept}
+
+
+def _output_kept_ci(
+    by_seed: dict[tuple[str, str, str, str], dict[Any, float]],
+    cleaned: dict[tuple[str, str, str, str], dict[str, dict[Any, float]]],
+    artist: str, defence: str, mimic: str,
+) -> list[float] | None:
+    """`kept_interval` of ``output_kept``, over the seeds on which the clean and the protected mimic were scored
+    unfiltered and after every cleaning of the output."""
+    clean, protected = (artist, CLEAN, NO_ATTACK, mimic), (artist, defence, NO_ATTACK, mimic)
+    runs = [by_seed[clean], by_seed[protected], *cleaned[clean].values(), *cleaned[protected].values()]
+    seeds = sorted(set(runs[0]).intersection(*runs[1:]), key=str)
+    interval = kept_interval(
+        [by_seed[clean][s] for s in seeds],
+        {
+            NO_ATTACK: [by_seed[protected][s] for s in seeds],
+            **{spec: [v[s] for s in seeds] for spec, v in cleaned[protected].items()},
+        },
+        clean_attacked={spec: [v[s] for s in seeds] for spec, v in cleaned[clean].items()},
+    )
+    return None if interval is None else list(interval)
 
 
 def _shares(counts: dict[str, int]) -> dict[str, float]:

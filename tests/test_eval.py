@@ -250,6 +250,14 @@ def test_kept_interval_resamples_paired_seeds_and_lets_the_attacker_pick_again()
     assert M.kept_interval(clean, {"jpeg": [0.5, 0.5]}) is None  # no unattacked score
     with pytest.raises(ConfigError, match="one score per seed"):
         M.kept_interval(clean, {"none": [0.5], "jpeg": [0.5, 0.5]})
+    # An attack that costs the clean mimic too (a cleaning of its generations): the worst case is measured against
+    # the clean mimic at its best. Blur lifts the clean mimic of seed 1 from 0.6 to 0.8: (0, 0) keeps 0.4 / 0.8
+    # (the clean mimic is best unfiltered), (1, 1) 0.4 / 0.4 (against 0.2 / 0.4 without it), mixed draws 0.3 / 0.6.
+    clean, protected = [1.0, 0.6], {"none": [0.2, 0.2], "blur": [0.6, 0.4]}
+    assert M.kept_interval(clean, protected, clean_attacked={"blur": [0.8, 0.8]}) == pytest.approx((0.5, 1.0))
+    assert M.kept_interval(clean, protected) == pytest.approx((0.5, 0.5))
+    with pytest.raises(ConfigError, match="one score per seed"):
+        M.kept_interval(clean, protected, clean_attacked={"blur": [0.8]})
 
 
 def test_summary_effect_retained_worst_case_and_spread():
@@ -325,9 +333,11 @@ def test_summary_effect_retained_worst_case_and_spread():
     (d,) = out["defences"]
     assert d["output_attack"] == "blur" and d["output_effect"] == pytest.approx(0.4)
     assert d["output_kept"] == pytest.approx(0.4 / 0.6)
+    # seed by seed blur leaves 0.4 of 0.7 and 0.4 of 0.5: resampling the two seeds spans those
+    assert d["output_kept_ci"] == pytest.approx([0.4 / 0.7, 0.4 / 0.5])
     assert out["conditions"][0]["output_scores"] == pytest.approx({"blur": 0.7, "jpeg": 0.5})  # clean
     assert "| enc | none | 0.2 | 0.4 | 0.1 |" in markdown_scores(out).splitlines()
-    assert "| blur | 0.667 |" in markdown_summary(out)
+    assert "| blur | 0.667 | 0.571 to 0.8 |" in markdown_summary(out)
     # a cleaning that helps nobody leaves the attacker unpurified: the output case is the plain effect
     (plain,) = summarise([{**r, "output_scores": {"jpeg": r["output_scores"]["jpeg"]}} for r in cleaned])["defences"]
     assert plain["output_attack"] == "none" and plain["output_kept"] == pytest.approx(1.0)
