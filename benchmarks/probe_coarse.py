@@ -68,6 +68,7 @@ def main() -> None:
         f"testbed, {args.n_images} held-out {args.style} paintings 64 px, encoder cloak eps {args.eps:g}/255, "
         f"{args.steps} steps; change RMS in 0-255 units, coarse = mean over {BLOCK}x{BLOCK} px blocks"
     )
+    clean_roundtrips = [roundtrip(rgb) for rgb in images]
     print("| target | file: coarse | file: fine | round trip: coarse | round trip: fine |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +83,8 @@ def main() -> None:
                     opts = options
                 cloaker = Cloaker(comp, CloakConfig(method="encoder", eps=args.eps, steps=args.steps, options=opts))
                 cloaked = cloaker.protect(rgb, seed=i).image
-                rows.append(split(to_tensor(cloaked) - to_tensor(rgb)) + split(roundtrip(cloaked) - roundtrip(rgb)))
+                file_change = split(to_tensor(cloaked) - to_tensor(rgb))
+                rows.append(file_change + split(roundtrip(cloaked) - clean_roundtrips[i]))
             means = np.mean(rows, axis=0)
             print(f"| {label} | " + " | ".join(f"{v:.1f}" for v in means) + " |")
     asked = np.mean([split(to_tensor(np.ascontiguousarray(a[..., [2, 0, 1]])) - to_tensor(a)) for a in images], axis=0)
