@@ -69,6 +69,7 @@ def main() -> None:
         f"{args.steps} steps; change RMS in 0-255 units, coarse = mean over {BLOCK}x{BLOCK} px blocks"
     )
     clean_roundtrips = [roundtrip(rgb) for rgb in images]
+    rotated = [np.ascontiguousarray(rgb[..., [2, 0, 1]]) for rgb in images]  # R, G, B -> B, R, G
     print("| target | file: coarse | file: fine | round trip: coarse | round trip: fine |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +78,7 @@ def main() -> None:
             for i, rgb in enumerate(images):
                 if options is None:  # a target image per painting, through the encoder's `target` file option
                     path = Path(tmp) / f"rotated-{i}.png"
-                    Image.fromarray(np.ascontiguousarray(rgb[..., [2, 0, 1]])).save(path)
+                    Image.fromarray(rotated[i]).save(path)
                     opts = {"target": str(path)}
                 else:
                     opts = options
@@ -87,7 +88,7 @@ def main() -> None:
                 rows.append(file_change + split(roundtrip(cloaked) - clean_roundtrips[i]))
             means = np.mean(rows, axis=0)
             print(f"| {label} | " + " | ".join(f"{v:.1f}" for v in means) + " |")
-    asked = np.mean([split(to_tensor(np.ascontiguousarray(a[..., [2, 0, 1]])) - to_tensor(a)) for a in images], axis=0)
+    asked = np.mean([split(to_tensor(r) - to_tensor(a)) for r, a in zip(rotated, images, strict=True)], axis=0)
     print(f"(the rotated painting differs from the painting by coarse {asked[0]:.1f}, fine {asked[1]:.1f})")
 
 
