@@ -447,7 +447,8 @@ class _Grid:
         if self.judge is not None:
             # what the judge names the generations: whether a protected mimic paints some other known style
             row["judged_as"] = self.judge.name_counts(images)
-            if artist.style is not None and artist.style in self.judge.style_names:
+            if self._judges(artist):
+                assert artist.style is not None  # what _judges checks
                 row["success"] = M.judged_share(row["judged_as"], artist.style, self.judge.style_names)
         clip_feats = None
         if self.clip is not None:
@@ -456,11 +457,8 @@ class _Grid:
             text = M.clip_text_features(self.clip, self.clip_tokenizer, prompts)
             row["clip_score"] = M.clip_score(clip_feats, text)
         if self.judge is not None or self.clip is not None:
-            if artist.name not in self._ref_feats:
-                heldout = data.to_batch(self.artist_images(artist.name).heldout)
-                self._ref_feats[artist.name] = self._features(heldout)
-            ref = self._ref_feats[artist.name]
             feats = self._features(images) if clip_feats is None or self.judge is not None else clip_feats
+            ref = self._reference(artist)
             row["style_similarity"] = M.style_similarity(feats, ref)
             row["fd"] = M.frechet_distance(feats, ref) if feats.shape[0] >= 2 else None
         if row.get("success") is not None:
@@ -469,14 +467,35 @@ class _Grid:
             row["score"], row["score_name"] = row["style_similarity"], "style_similarity"
         return row
 
-    def output_scores(self, cell: Cell, images: torch.Tensor, prompts: list[str]) -> dict[str, float | None]:
+    def score(self, artist: ArtistSpec, images: torch.Tensor) -> float | None:
+        """``measure``'s ``score`` of these generations alone: the judge's success where it knows the artist's
+        style, else the style similarity, None with neither a judge nor CLIP."""
+        if self._judges(artist):
+            assert self.judge is not None and artist.style is not None  # what _judges checks
+            return M.judged_share(self.judge.name_counts(images), artist.style, self.judge.style_names)
+        if self.judge is None and self.clip is None:
+            return None
+        return M.style_similarity(self._features(images), self._reference(artist))
+
+    def _judges(self, artist: ArtistSpec) -> bool:
+        """Whether the judge can say if generations are in this artist's style."""
+        return self.judge is not None and artist.style is not None and artist.style in self.judge.style_names
+
+    def _reference(self, artist: ArtistSpec) -> torch.Tensor:
+        """Features of the artist's held-out images, computed once an artist."""
+        if artist.name not in self._ref_feats:
+            heldout = data.to_batch(self.artist_images(artist.name).heldout)
+            self._ref_feats[artist.name] = self._features(heldout)
+        return self._ref_feats[artist.name]
+
+    def output_scores(self, cell: Cell, images: torch.Tensor) -> dict[str, float | None]:
         """The cell's mimicry score after each of the config's ``output_attacks`` cleans its generations."""
         artist = self.artists[cell.artist]
         scores: dict[str, float | None] = {}
         for spec in self.config.output_attacks:
             with torch.no_grad():
                 cleaned = self._purifier(spec)(images.to(self.components.device), _stream(cell.seed, _OUTPUT))
-            scores[spec] = self.measure(artist, cleaned, prompts).get("score")
+            scores[spec] = self.score(artist, cleaned)
         return scores
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
@@ -505,7 +524,7 @@ class _Grid:
         images, prompts = self.mimic(cell, train)
         row.update(self.measure(self.artists[cell.artist], images, prompts))
         if self.config.output_attacks:
-            row["output_scores"] = self.output_scores(cell, images, prompts)
+            row["output_scores"] = self.output_scores(cell, images)
         grid = data.from_batch(images[:GRID_IMAGES])
         path = self.out / "generations" / f"{data.slug(cell.key)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

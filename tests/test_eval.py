@@ -579,6 +579,22 @@ def test_shared_caches_are_prepared_for_a_grid_with_img2img(micro_grid, tmp_path
     assert any((tmp_path / "out" / "images").rglob("*.png"))
 
 
+def test_score_alone_is_the_score_measure_reports(micro_grid, tmp_path):
+    # output_scores scores each cleaning with `score`, which must give what `measure` would: the judge's success for
+    # an artist whose style it knows, the style similarity for a folder artist.
+    import dataclasses
+
+    from eval.runner import _Grid
+
+    grid = _Grid(load_config(micro_grid), tmp_path / "out", "cpu")
+    alice = grid.artists["alice"]
+    images = data.to_batch(grid.artist_images("alice").train)
+    for artist, name in ((alice, "style_similarity"), (dataclasses.replace(alice, style="a"), "success")):
+        row = grid.measure(artist, images, ["a painting"] * images.shape[0])
+        assert row["score_name"] == name
+        assert grid.score(artist, images) == row["score"]
+
+
 def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     from eval.runner import CSV_COLUMNS, run
 
