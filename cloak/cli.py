@@ -321,15 +321,22 @@ def evaluate(
     resume: bool = typer.Option(True, help="Skip cells already finished in --out (--no-resume starts afresh)."),
     artist: list[Path] = typer.Option([], help="A folder of images to use as the artist (repeatable)."),
     device: str | None = typer.Option(None, help="Override the config's device (auto | cpu | cuda | mps)."),
+    seeds: str | None = typer.Option(
+        None,
+        help="Override the config's seeds, e.g. 4-7 or 0,2,5. Cells already finished in --out for these seeds "
+        "are reused, so --seeds 4-7 extends a 4-seed run and --seeds 0-7 then reports all eight.",
+    ),
 ) -> None:
     """Fine-tune mimics on clean, cloaked and purified images and report how much protection survives."""
     from cloak.errors import ConfigError, ModelNotFoundError
+    from eval.config import parse_seeds
     from eval.runner import run
 
     if out.exists() and not out.is_dir():
         raise _usage_error(f"--out {out} is a file; give a folder for the results.")
     try:
-        code = run(config, out, resume=resume, artists=artist, device=device)
+        chosen = parse_seeds(seeds) if seeds is not None else None
+        code = run(config, out, resume=resume, artists=artist, device=device, seeds=chosen)
     except KeyboardInterrupt:
         console.print(f"\ninterrupted: every finished cell is saved in {escape(str(out))} (results.json, and its "
                       "tables); run the same command again to go on from there.")

@@ -59,6 +59,7 @@ baseline is always part of it. Schema (every key but ``model``, ``artists`` and 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -333,10 +334,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> EvalConfig:
     if top.get("dtype", "float32") not in DTYPES:
         raise ConfigError(f"{where}: `dtype` must be one of {', '.join(DTYPES)}, got {top['dtype']!r}.")
     seeds = top.get("seeds", (0,))
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) >= MAX_SEED:
-        raise ConfigError(
-            f"{where}: `seeds` must be distinct integers from 0 to {MAX_SEED - 1:,}, at least one, got {list(seeds)}."
-        )
+    _check_seeds(seeds, f"{where}: `seeds`")
     if not isinstance(top["model"], str) or not top["model"].strip():
         raise ConfigError(
             f"{where}: `model` must name a model (`testbed`, a hub id or a folder), got {top['model']!r}."
@@ -385,6 +383,44 @@ def with_artist_folders(config: EvalConfig, folders: list[str | Path] | tuple[st
     if len(set(names)) != len(names):
         raise ConfigError(f"artist folders must have distinct names, got {', '.join(names)}.")
     return dataclasses.replace(config, artists=tuple(artists))
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """Seeds written as on the command line: numbers and inclusive ranges, comma-separated (``4-7``, ``0,2,5``,
+    ``0-3,6``), in the order given.
+
+    Raises:
+        ConfigError: anything else, a range that runs backwards, or a seed given twice.
+    """
+    seeds: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if m is None:
+            raise ConfigError(f"--seeds: expected numbers and ranges such as 4-7 or 0,2,5, got {text!r}.")
+        lo = int(m[1])
+        hi = int(m[2]) if m[2] is not None else lo
+        if hi < lo:
+            raise ConfigError(f"--seeds: the range {part.strip()} runs backwards; write {hi}-{lo}.")
+        if hi - lo >= 10_000:
+            raise ConfigError(f"--seeds: the range {part.strip()} holds over 10,000 seeds; give fewer.")
+        seeds.extend(range(lo, hi + 1))
+    _check_seeds(seeds, "--seeds")
+    return tuple(seeds)
+
+
+def with_seeds(config: EvalConfig, seeds: list[int] | tuple[int, ...]) -> EvalConfig:
+    """The config with other seeds, e.g. to extend a finished grid: ``cloak eval gate8 --seeds 4-7`` runs the
+    same cells as ``gate8`` on seeds 4 to 7 (a cell's fingerprint holds its own seed, never the list, so the same
+    ``--out`` reuses any it already finished, and ``--seeds 0-7`` then reports all eight)."""
+    _check_seeds(seeds, f"{config.source or config.name}: seeds")
+    return dataclasses.replace(config, seeds=tuple(seeds))
+
+
+def _check_seeds(seeds: Any, where: str) -> None:
+    ok = isinstance(seeds, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not ok or not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0 or max(seeds) >= MAX_SEED:
+        shown = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
+        raise ConfigError(f"{where} must be distinct integers from 0 to {MAX_SEED - 1:,}, at least one, got {shown}.")
 
 
 def check_input_files(config: EvalConfig) -> None:

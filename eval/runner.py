@@ -57,6 +57,7 @@ from eval.config import (
     load_config,
     protected_count,
     with_artist_folders,
+    with_seeds,
 )
 from eval.mimics import finetune, generate, img2img
 from eval.summary import CLEAN, NO_ATTACK, summarise
@@ -604,6 +605,7 @@ def run(
     *,
     artists: Sequence[str | Path] = (),
     device: str | None = None,
+    seeds: Sequence[int] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> int:
@@ -618,6 +620,8 @@ def run(
         artists: folders of images that replace the config's artists (``n_train`` kept from the config), e.g.
             for ``paper-style``.
         device: overrides the config's ``device`` ("auto", "cpu", "cuda", ...).
+        seeds: override the config's ``seeds``. A cell's fingerprint holds its own seed, not the config's list, so
+            the cells an earlier run finished in ``out_dir`` for any of these seeds are reused.
         progress: show rich progress bars (on stderr).
         log: called with one line per finished or failed cell (prefixed ``rank R/N:`` in a group); default prints
             through rich.
@@ -639,6 +643,8 @@ def run(
     config = config_path_or_name if isinstance(config_path_or_name, EvalConfig) else load_config(config_path_or_name)
     if artists:
         config = with_artist_folders(config, tuple(artists))
+    if seeds is not None:
+        config = with_seeds(config, tuple(seeds))
     check_input_files(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -810,6 +816,11 @@ def _write_outputs(
     from eval.report import write_report
 
     record_attack_psnr(out_dir, config, cells, rows)
+    for row in rows.values():
+        # JSON files keep keys sorted, fresh rows keep the config's order: give the tables one order, the config's
+        scores = row.get("output_scores")
+        if scores:
+            row["output_scores"] = {s: scores[s] for s in config.output_attacks if s in scores} | scores
     ordered = [rows[c.key] for c in cells if c.key in rows]
     summary = _write_results(out_dir, config, cells, rows)
     write_csv(out_dir / "results.csv", ordered)

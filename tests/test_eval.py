@@ -681,6 +681,72 @@ def test_runner_micro_grid_writes_everything_and_resumes(micro_grid, tmp_path):
     assert lines == []
 
 
+def test_seeds_override_extends_a_finished_run_and_reuses_its_cells(micro_grid, tmp_path):
+    """`cloak eval X --seeds ...`: the config's cells on other seeds; a later, wider --seeds reruns none of them."""
+    import re
+
+    from eval.runner import run
+
+    text = micro_grid.read_text()  # img2img alone: no fine-tune, the same cells on fewer model calls
+    text = re.sub(r'\[\[mimics\]\]\nkind = "(dreambooth|lora)"\n(.+\n)+?\n', "", text)
+    micro_grid.write_text(text)
+    out, lines = tmp_path / "out", []
+    assert run(micro_grid, out, progress=False, seeds=[1], log=lines.append) == 0
+    first = json.loads((out / "results.json").read_text())["cells"]
+    assert len(first) == 5 and {c["seed"] for c in first} == {1} and {c["mimic"] for c in first} == {"img2img-0.5"}
+    assert json.loads((out / "run.json").read_text())["seeds"] == [1]
+    lines.clear()
+    assert run(micro_grid, out, progress=False, seeds=(0, 1), log=lines.append) == 0
+    assert len(lines) == 5 and all(line.split(": ")[0].endswith("|0") for line in lines), lines  # only seed 0 ran
+    both = json.loads((out / "results.json").read_text())
+    again = {c["key"]: c["score"] for c in both["cells"] if c["seed"] == 1}
+    assert again == {c["key"]: c["score"] for c in first}
+    assert {c["n_seeds"] for c in both["summary"]["conditions"]} == {2}
+    with pytest.raises(ConfigError, match="seeds must be distinct"):
+        run(micro_grid, out, progress=False, seeds=[0, 0], log=lines.append)
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"),
+    [("4-7", (4, 5, 6, 7)), ("0,2,5", (0, 2, 5)), (" 0-2, 6 ", (0, 1, 2, 6)), ("3", (3,)), ("5,1", (5, 1))],
+)
+def test_parse_seeds_reads_numbers_and_ranges(text, seeds):
+    from eval.config import parse_seeds
+
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("7-4", "runs backwards; write 4-7"),
+        ("1,1", "distinct"),
+        ("0-3,2", "distinct"),
+        ("", "expected numbers and ranges"),
+        ("1;2", "expected numbers and ranges"),
+        ("-1", "expected numbers and ranges"),
+        ("0-99999999", "over 10,000 seeds"),
+        ("99999999999999999999", "distinct integers from 0 to"),
+    ],
+)
+def test_parse_seeds_refuses_with_the_reason(text, message):
+    from eval.config import parse_seeds
+
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_seeds(text)
+    assert "--seeds" in str(info.value)
+
+
+def test_eval_cli_refuses_bad_seeds_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from cloak.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "quick", "--seeds", "7-4", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--seeds: the range 7-4 runs backwards" in result.output, result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_runner_records_a_failing_cell_and_keeps_the_others(micro_grid, tmp_path):
     from eval.runner import run
 
