@@ -379,6 +379,19 @@ def test_every_builtin_config_loads_and_plans_cells(name):
     assert config.name == name and len(plan(config)) >= 2
 
 
+def test_every_cloak_eval_command_in_the_docs_names_a_builtin_config():
+    # A figure's command must run as written: no config renamed or removed from under the README, the results or the
+    # config headers (CONFIG and NAME are the README's placeholders).
+    import re
+
+    root = Path(__file__).parent.parent
+    names = set(builtin_configs())
+    files = [root / "README.md", *(root / "docs").glob("*.md"), *(root / "eval" / "configs").glob("*.toml")]
+    cited = {(f.name, m) for f in files for m in re.findall(r"cloak eval ([\w.\-/]+)", f.read_text(encoding="utf-8"))}
+    assert len({m for _, m in cited}) > 50  # the scan finds the commands
+    assert sorted((f, m) for f, m in cited if m not in names | {"CONFIG", "NAME"}) == []
+
+
 def test_cli_help_points_to_the_builtin_configs_and_an_unknown_name_lists_them():
     from typer.testing import CliRunner
 
