@@ -69,9 +69,10 @@ PRESETS: dict[str, Preset] = {
         "12 steps that pull the picture toward a decoy texture as the model reads it: the recommended balance of "
         "protection, time and visibility",
     ),
-    # judged-gate8-strong(-seeds4to7): the gate's long mimic 0.00 on impasto and 0.04 on marbling (8 seeds), and 32 %
-    # / 69 % of that kept when the copier blurs the mimic's output on seeds 0-3 (42 % / 56 % on 4-7), where the
-    # `default` keeps 2 % / 32 %; 26.6 dB against its 30.4 dB. A 1500-step LoRA 0.06 (lora8-strong8, 8 seeds).
+    # gate8-worst-strong --seeds 0-7: the gate's long mimic 0.01 on impasto and 0.05 on marbling (8 seeds), 34 % / 64 %
+    # of that kept when the copier blurs the mimic's output (the `default`: 2 % / 32 %, judged-gate8), 11 % / 34 %
+    # after blur or IMPRESS of its training images (the `default`: none / 3 %); 26.6 dB against the `default`'s
+    # 30.4 dB. A 1500-step LoRA 0.06 (lora8-strong8, 8 seeds).
     "strong": Preset(
         "encoder",
         12.0,
