@@ -702,7 +702,7 @@ def test_seeds_override_extends_a_finished_run_and_reuses_its_cells(micro_grid, 
 
     text = micro_grid.read_text()  # img2img alone: no fine-tune, the same cells on fewer model calls
     text = re.sub(r'\[\[mimics\]\]\nkind = "(dreambooth|lora)"\n(.+\n)+?\n', "", text)
-    micro_grid.write_text(text)
+    micro_grid.write_text(text.replace('["blur:sigma=1"]', '["median", "blur:sigma=1"]'))  # not in sorted order
     out, lines = tmp_path / "out", []
     assert run(micro_grid, out, progress=False, seeds=[1], log=lines.append) == 0
     first = json.loads((out / "results.json").read_text())["cells"]
@@ -715,6 +715,9 @@ def test_seeds_override_extends_a_finished_run_and_reuses_its_cells(micro_grid, 
     again = {c["key"]: c["score"] for c in both["cells"] if c["seed"] == 1}
     assert again == {c["key"]: c["score"] for c in first}
     assert {c["n_seeds"] for c in both["summary"]["conditions"]} == {2}
+    # once every row is read back from JSON (keys sorted), the tables still keep the config's order
+    assert run(micro_grid, out, progress=False, seeds=(0, 1), log=lines.append) == 0 and len(lines) == 5
+    assert "| defence | attack | none | median | blur:sigma=1 |" in (out / "summary.md").read_text()
     with pytest.raises(ConfigError, match="seeds must be distinct"):
         run(micro_grid, out, progress=False, seeds=[0, 0], log=lines.append)
 
